@@ -1,0 +1,228 @@
+"""Spiking self-attention: HD-RepSSA (paper Sec. V) and SDSA-3 (Eq. 5).
+
+Both modules take spikes ``x`` (N, L, D) from the block's input neuron and a ``(N, L)``
+bool mask of valid frames, and return the real-valued output of ``W_out``. Their linear
+layers carry ESPnet's names and shapes (``linear_q``, ``linear_k``, ``linear_v``,
+``linear_out``, with biases), so parameter counts equal ESPnet's MultiHeadedAttention.
+"""
+
+import math
+from typing import Callable, Optional
+
+import torch
+from typeguard import typechecked
+
+ATTENTION_TYPES = (
+    "hd_repssa_softmax",
+    "hd_repssa_linear",
+    "repssa_softmax",
+    "repssa_linear",
+    "sdsa3",
+)
+
+
+def decay_factor(layer: int) -> float:
+    """Layer-specific decay factor of the hierarchical decay mask: 1 - 2^(-5-l)."""
+    return 1.0 - 2.0 ** (-5 - layer)
+
+
+def hierarchical_decay_mask(
+    length: int, phi: float, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """HDM of Eq. 14: ``H[i, j] = phi ** |i - j|`` as an (L, L) tensor."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)
+    distance = (pos[:, None] - pos[None, :]).abs()
+    return torch.exp(distance * math.log(phi)).to(dtype)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    n, length, dim = x.shape
+    return x.view(n, length, heads, dim // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    n, heads, length, d_k = x.shape
+    return x.transpose(1, 2).reshape(n, length, heads * d_k)
+
+
+class HDRepSSA(torch.nn.Module):
+    """(HD-)RepSSA, Eq. 12-15, in its training form.
+
+    ``A = (X W_Q)(X W_K)^T`` is a continuous map per head (Eq. 12, training branch),
+    optionally modulated by the hierarchical decay mask ``A' = A * H(l)`` (Eq. 15).
+    The values are spikes ``V_s = SN(X W_V)``. Softmax variant (RepSSA_S):
+    ``SN(softmax(A' / sqrt(d_k)) V_s) W_out``; linear variant (RepSSA_L):
+    ``SN(A' V_s) W_out`` (Eq. 13). Padded keys are excluded from both; the attention
+    neuron sees the merged heads (N, L, D) so its channels are the model channels.
+
+    Args:
+        size: Model dimension D.
+        heads: Number of heads (must divide D).
+        neuron: Factory returning a spiking neuron for D channels.
+        variant: "softmax" or "linear".
+        decay: phi(l) of the HDM, or None for plain RepSSA.
+        dropout_rate: Dropout on the softmax attention weights.
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        size: int,
+        heads: int,
+        neuron: Callable[[], torch.nn.Module],
+        variant: str = "softmax",
+        decay: Optional[float] = None,
+        dropout_rate: float = 0.0,
+    ):
+        super().__init__()
+        if size % heads != 0:
+            raise ValueError(f"attention_heads={heads} must divide output_size={size}")
+        if variant not in ("softmax", "linear"):
+            raise ValueError(f"variant must be softmax or linear, got {variant!r}")
+        if decay is not None and not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay factor must be in (0, 1], got {decay}")
+        self.heads = heads
+        self.d_k = size // heads
+        self.variant = variant
+        self.decay = decay
+        self.linear_q = torch.nn.Linear(size, size)
+        self.linear_k = torch.nn.Linear(size, size)
+        self.linear_v = torch.nn.Linear(size, size)
+        self.linear_out = torch.nn.Linear(size, size)
+        self.value_neuron = neuron()
+        self.attention_neuron = neuron()
+        self.dropout = torch.nn.Dropout(dropout_rate)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, decay={self.decay}"
+
+    def attention_map(
+        self, x: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention weights per head, (N, H, L, L): softmax weights or ``A'``.
+
+        Padded keys get weight 0 in both variants.
+        """
+        q = _split_heads(self.linear_q(x), self.heads)
+        k = _split_heads(self.linear_k(x), self.heads)
+        scores = torch.matmul(q, k.transpose(-2, -1))
+        if self.decay is not None:
+            scores = scores * hierarchical_decay_mask(
+                x.size(1), self.decay, x.device, scores.dtype
+            )
+        key_padding = ~valid[:, None, None, :]
+        if self.variant == "softmax":
+            scores = scores / math.sqrt(self.d_k)
+            # finfo.min, not -inf: a row with no valid key stays finite.
+            scores = scores.masked_fill(key_padding, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            weights = scores
+        return weights.masked_fill(key_padding, 0.0)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Apply attention.
+
+        Args:
+            x: Input spikes (N, L, D).
+            valid: (N, L) bool mask of unpadded frames.
+
+        Returns:
+            Output (N, L, D) of ``W_out``.
+        """
+        weights = self.dropout(self.attention_map(x, valid))
+        values = _split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
+        context = _merge_heads(torch.matmul(weights, values))
+        return self.linear_out(self.attention_neuron(context, valid))
+
+
+class SDSA3(torch.nn.Module):
+    """Spike-driven self-attention SDSA-3 (Eq. 5) without BatchNorm, as the paper ran it.
+
+    ``Q_s = SN(X W_Q)``, ``K_s = SN(X W_K)``, ``V_s = SN(X W_V)`` per head, then
+    ``SN(scale * Q_s (K_s^T V_s)) W_out``: linear in sequence length. Padded keys
+    are zeroed before ``K_s^T V_s``. ``scale`` keeps the un-normalised product in the
+    firing range of fixed-threshold neurons (0.125 in the Spike-driven Transformer V2
+    code); it is a configuration choice, not part of Eq. 5.
+
+    Args:
+        size: Model dimension D.
+        heads: Number of heads (must divide D).
+        neuron: Factory returning a spiking neuron for D channels.
+        scale: Multiplier of ``Q_s K_s^T V_s``.
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        size: int,
+        heads: int,
+        neuron: Callable[[], torch.nn.Module],
+        scale: float = 0.125,
+    ):
+        super().__init__()
+        if size % heads != 0:
+            raise ValueError(f"attention_heads={heads} must divide output_size={size}")
+        self.heads = heads
+        self.scale = scale
+        self.linear_q = torch.nn.Linear(size, size)
+        self.linear_k = torch.nn.Linear(size, size)
+        self.linear_v = torch.nn.Linear(size, size)
+        self.linear_out = torch.nn.Linear(size, size)
+        self.query_neuron = neuron()
+        self.key_neuron = neuron()
+        self.value_neuron = neuron()
+        self.attention_neuron = neuron()
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Apply SDSA-3.
+
+        Args:
+            x: Input spikes (N, L, D).
+            valid: (N, L) bool mask of unpadded frames.
+
+        Returns:
+            Output (N, L, D) of ``W_out``.
+        """
+        keep = valid.unsqueeze(-1).to(x.dtype)
+        q = _split_heads(self.query_neuron(self.linear_q(x), valid), self.heads)
+        k = _split_heads(self.key_neuron(self.linear_k(x), valid) * keep, self.heads)
+        v = _split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
+        context = torch.matmul(q, torch.matmul(k.transpose(-2, -1), v)) * self.scale
+        return self.linear_out(self.attention_neuron(_merge_heads(context), valid))
+
+
+@typechecked
+def make_attention(
+    attention: str,
+    size: int,
+    heads: int,
+    neuron: Callable[[], torch.nn.Module],
+    layer: int,
+    dropout_rate: float = 0.0,
+    sdsa_scale: float = 0.125,
+) -> torch.nn.Module:
+    """Build a spiking self-attention module by name.
+
+    Args:
+        attention: One of ``ATTENTION_TYPES``.
+        size: Model dimension.
+        heads: Number of heads.
+        neuron: Neuron factory.
+        layer: Layer index l of the HDM decay factor ``phi(l) = 1 - 2^(-5-l)``.
+        dropout_rate: Attention-weight dropout (softmax variants).
+        sdsa_scale: Scale of SDSA-3.
+
+    Returns:
+        The attention module.
+    """
+    if attention == "sdsa3":
+        return SDSA3(size, heads, neuron, sdsa_scale)
+    if attention in ATTENTION_TYPES:
+        decay = decay_factor(layer) if attention.startswith("hd_") else None
+        variant = attention.rsplit("_", 1)[1]
+        return HDRepSSA(size, heads, neuron, variant, decay, dropout_rate)
+    raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")

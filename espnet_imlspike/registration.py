@@ -1,0 +1,48 @@
+"""Adds our encoders to ESPnet's task registries (ClassChoices), without editing ESPnet.
+
+:func:`register_asr` is called with the freshly executed ``espnet2.tasks.asr`` module by
+the import hook (:mod:`espnet_imlspike.autoload`), so the stock ``espnet2.bin.asr_train``
+and ``espnet2.bin.asr_inference`` accept ``encoder: iml_spikeformer`` and
+``encoder: spike_driven_transformer`` with no import added by the user.
+"""
+
+import sys
+from types import ModuleType
+from typing import Optional
+
+ASR_ENCODERS = ("iml_spikeformer", "spike_driven_transformer")
+
+
+def _asr_encoder_classes() -> dict:
+    from espnet_imlspike.encoder import (
+        IMLSpikeformerEncoder,
+        SpikeDrivenTransformerEncoder,
+    )
+
+    return {
+        "iml_spikeformer": IMLSpikeformerEncoder,
+        "spike_driven_transformer": SpikeDrivenTransformerEncoder,
+    }
+
+
+def register_asr(module: Optional[ModuleType] = None) -> None:
+    """Add our encoders to ``espnet2.tasks.asr.encoder_choices`` (idempotent).
+
+    Args:
+        module: The ``espnet2.tasks.asr`` module; imported if not given.
+    """
+    if module is None:
+        import espnet2.tasks.asr as module
+    choices = module.encoder_choices
+    for name, cls in _asr_encoder_classes().items():
+        choices.classes.setdefault(name, cls)
+
+
+REGISTRARS = {"espnet2.tasks.asr": register_asr}
+
+
+def register_loaded() -> None:
+    """Register into every target task module that is already imported."""
+    for name, register in REGISTRARS.items():
+        if name in sys.modules:
+            register(sys.modules[name])
