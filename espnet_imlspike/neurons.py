@@ -150,8 +150,8 @@ class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
     def batch_max(
         self, x: torch.Tensor, valid: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Per-channel maximum of ``x`` over valid frames (Eq. 10), in float32."""
-        x = x.detach().float()
+        """Per-channel maximum of ``x`` over valid frames (Eq. 10), at least float32."""
+        x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
         if valid is not None:
             x = x.masked_fill(~valid.unsqueeze(-1), float("-inf"))
         peak = x.reshape(-1, x.size(-1)).amax(dim=0)
@@ -175,13 +175,14 @@ class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
             peak = self.batch_max(x, valid)
             with torch.no_grad():
                 first = self.num_batches_tracked == 0
-                blended = torch.lerp(self.running_max, peak, self.momentum)
-                self.running_max.copy_(torch.where(first, peak, blended))
+                peak_stat = peak.to(self.running_max.dtype)
+                blended = torch.lerp(self.running_max, peak_stat, self.momentum)
+                self.running_max.copy_(torch.where(first, peak_stat, blended))
                 self.num_batches_tracked.add_(1)
         else:
             peak = self.running_max.clamp(min=self.eps)
-        scale = (self.timesteps / peak).to(x.dtype)
-        return multi_level_fire(x * scale, self.timesteps)
+        # x / Lambda first: the channel maximum then maps to exactly T spikes.
+        return multi_level_fire(x / peak.to(x.dtype) * self.timesteps, self.timesteps)
 
 
 class MultiStepIFNeuron(torch.nn.Module):
