@@ -240,10 +240,27 @@ class IMLSpikeformerEncoder(AbsEncoder):
 class SpikeDrivenTransformerEncoder(IMLSpikeformerEncoder):
     """Spike-driven Transformer baseline: SDSA-3 with iterative multi-step LIF neurons.
 
-    The same encoder as :class:`IMLSpikeformerEncoder` with baseline defaults:
-    ``attention="sdsa3"``, ``firing="multistep"``, LIF leak 0.5 (tau = 2, as in the
-    Spike-driven Transformer), threshold 1.0. BatchNorm is removed, as in the paper.
-    All arguments are those of :class:`IMLSpikeformerEncoder`.
+    :class:`IMLSpikeformerEncoder` with the firing fixed to ``multistep`` and the
+    attention fixed to ``sdsa3`` (BatchNorm removed, as in the paper); these two are
+    not arguments, so a config cannot silently turn the baseline into something else.
+    Defaults follow the Spike-driven Transformer: LIF leak 0.5 (tau = 2), threshold 1.
+
+    Args:
+        input_size: Input feature dimension.
+        output_size: Model dimension D.
+        attention_heads: Number of heads (must divide ``output_size``).
+        linear_units: Hidden units of the spiking ChannelMLP.
+        num_blocks: Number of blocks.
+        dropout_rate: Dropout on branch outputs and in the subsampling.
+        positional_dropout_rate: Dropout after positional encoding (linear input).
+        attention_dropout_rate: Unused by SDSA-3; kept for config compatibility.
+        input_layer: "conv2d", "conv2d6", "conv2d8" or "linear".
+        normalize_before: Pre-LayerNorm (True) or post-LayerNorm blocks.
+        timesteps: T, the number of simulated time steps.
+        threshold: Firing threshold of the LIF neurons.
+        leak: beta of the LIF neurons (1.0 = IF).
+        surrogate_alpha: Arctan surrogate sharpness.
+        sdsa_scale: Scale of the SDSA-3 product.
     """
 
     @typechecked
@@ -260,13 +277,9 @@ class SpikeDrivenTransformerEncoder(IMLSpikeformerEncoder):
         input_layer: str = "conv2d",
         normalize_before: bool = True,
         timesteps: int = 6,
-        firing: str = "multistep",
-        attention: str = "sdsa3",
-        momentum: float = 0.1,
         threshold: float = 1.0,
         leak: float = 0.5,
         surrogate_alpha: float = 2.0,
-        decay_layer_start: int = 1,
         sdsa_scale: float = 0.125,
     ):
         super().__init__(
@@ -281,13 +294,11 @@ class SpikeDrivenTransformerEncoder(IMLSpikeformerEncoder):
             input_layer=input_layer,
             normalize_before=normalize_before,
             timesteps=timesteps,
-            firing=firing,
-            attention=attention,
-            momentum=momentum,
+            firing="multistep",
+            attention="sdsa3",
             threshold=threshold,
             leak=leak,
             surrogate_alpha=surrogate_alpha,
-            decay_layer_start=decay_layer_start,
             sdsa_scale=sdsa_scale,
         )
 

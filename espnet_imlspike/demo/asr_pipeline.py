@@ -147,23 +147,33 @@ def train_and_decode(
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out_dir", type=Path, default=Path("demo_out"))
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument(
+        "--config", type=Path, nargs="+", required=True,
+        help="one or more asr_train configs; each is trained and decoded",
+    )
     parser.add_argument("--num_train", type=int, default=300)
     parser.add_argument("--num_valid", type=int, default=30)
     parser.add_argument("--num_test", type=int, default=30)
     parser.add_argument("--max_epoch", type=int, default=None)
     args = parser.parse_args(argv)
-    if not args.config.is_file():
-        parser.error(f"--config {args.config}: no such file")
+    for config in args.config:
+        if not config.is_file():
+            parser.error(f"--config {config}: no such file")
     start = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {"train": args.num_train, "valid": args.num_valid, "test": args.num_test}
     dirs = make_corpus(args.out_dir, sizes)
     extra = [] if args.max_epoch is None else ["--max_epoch", str(args.max_epoch)]
-    cer = train_and_decode(args.out_dir, args.config, dirs, extra)
-    print(f"test CER: {cer:.1f}% ({len(LETTERS)} letters, chance ~ 100%) "
-          f"in {time.time() - start:.0f} s; decoded text in "
-          f"{args.out_dir}/decode/asr/1best_recog/text")
+    results = []
+    for config in args.config:
+        tag = config.stem.replace("train_asr_", "")
+        results.append((tag, train_and_decode(args.out_dir, config, dirs, extra, tag)))
+    print(f"\n| model | test CER (%) |\n|---|---|")
+    for tag, cer in results:
+        print(f"| {tag} | {cer:.1f} |")
+    print(f"\n{len(LETTERS)} letters, {args.num_test} test words; a model that always "
+          f"outputs nothing scores 100%. {time.time() - start:.0f} s in all; decoded "
+          f"text in {args.out_dir}/decode/<model>/1best_recog/text")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""ESPnet integration through the unmodified entry points, in fresh interpreters."""
+
+import sysconfig
+import zipfile
+
+import pytest
+import yaml
+
+from conftest import REPO, run_python, shipped_training_configs
+
+AISHELL_IML = REPO / "egs2/aishell/asr1/conf/tuning/train_asr_iml_spikeformer.yaml"
+TONE_CONF = REPO / "egs2/tone_demo/asr1/conf"
+PURELIB = sysconfig.get_paths()["purelib"]  # this environment's site-packages
+
+
+def test_registration_happens_when_espnet_asr_task_is_imported():
+    done = run_python(
+        [
+            "-c",
+            "import espnet2.tasks.asr as t; "
+            "from espnet_imlspike.encoder import IMLSpikeformerEncoder as I, "
+            "SpikeDrivenTransformerEncoder as S; "
+            "c = t.encoder_choices; "
+            "assert c.get_class('iml_spikeformer') is I, c.choices(); "
+            "assert c.get_class('spike_driven_transformer') is S; print('ok')",
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_startup_imports_neither_torch_nor_espnet():
+    done = run_python(
+        [
+            "-c",
+            "import sys; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'espnet', 'espnet2', 'espnet_imlspike')))",
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = eval(done.stdout.strip())
+    assert loaded == ["espnet_imlspike", "espnet_imlspike.autoload"]
+
+
+def test_registration_catches_up_when_espnet_was_imported_first():
+    # -S: no .pth hook at start-up; ESPnet's task is imported first, the hook later.
+    done = run_python(
+        [
+            "-S",
+            "-c",
+            f"import sys, site; sys.path.append({PURELIB!r}); "
+            "import espnet2.tasks.asr as t; "
+            "before = 'iml_spikeformer' in t.encoder_choices.classes; "
+            "site.main(); "
+            "print(before, 'iml_spikeformer' in t.encoder_choices.classes)",
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("False True")
+
+
+def build_model_from_config(config, token_list, **overrides):
+    from espnet2.tasks.asr import ASRTask
+
+    parser = ASRTask.get_parser()
+    argv = ["--config", str(config), "--token_list", str(token_list)]
+    for key, value in overrides.items():
+        argv += [f"--{key}", value]
+    args = parser.parse_args(argv)
+    return ASRTask.build_model(args)
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_aishell_config_builds_the_papers_30_35m_model(aishell_token_list, tmp_path):
+    import espnet_imlspike.registration as registration
+
+    registration.register_asr()
+    ours = build_model_from_config(AISHELL_IML, aishell_token_list)
+    assert type(ours.encoder).__name__ == "IMLSpikeformerEncoder"
+    assert ours.encoder.timesteps == 6
+    # the stock recipe with ESPnet's own TransformerEncoder, same YAML otherwise
+    stock_conf = yaml.safe_load(AISHELL_IML.read_text())
+    stock_conf["encoder"] = "transformer"
+    for key in list(stock_conf["encoder_conf"]):
+        if key not in ("output_size", "attention_heads", "linear_units", "num_blocks",
+                       "dropout_rate", "positional_dropout_rate",
+                       "attention_dropout_rate", "input_layer", "normalize_before"):
+            del stock_conf["encoder_conf"][key]
+    stock_path = tmp_path / "stock.yaml"
+    stock_path.write_text(yaml.safe_dump(stock_conf))
+    stock = build_model_from_config(stock_path, aishell_token_list)
+    assert count(stock) == 30_351_890  # ESPnet's aishell Transformer: paper's 30.35M
+    assert count(ours) == count(stock)
+
+
+@pytest.mark.parametrize("config", shipped_training_configs(), ids=lambda p: p.name)
+def test_every_shipped_config_passes_stock_dry_run(config, tmp_path, aishell_token_list):
+    tokens = aishell_token_list
+    if "tone_demo" in str(config):
+        tokens = tmp_path / "tokens.txt"
+        tokens.write_text("\n".join(["<blank>", "<unk>", *"abcdef", "<sos/eos>"]))
+    done = run_python(
+        ["-m", "espnet2.bin.asr_train", "--dry_run", "true", "--config", str(config),
+         "--token_list", str(tokens), "--ngpu", "0", "--output_dir", str(tmp_path / "out")]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Total Number of model parameters" in done.stderr
+    dumped = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert dumped["encoder"] == yaml.safe_load(config.read_text())["encoder"]
+    if "aishell" in str(config):
+        assert "Total Number of model parameters: 30.35 M" in done.stderr
+
+
+def test_print_config_shows_every_encoder_option():
+    done = run_python(
+        ["-m", "espnet2.bin.asr_train", "--config", str(AISHELL_IML), "--print_config"]
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = yaml.safe_load(done.stdout)
+    assert shown["encoder"] == "iml_spikeformer"
+    for option in ("timesteps", "firing", "attention", "momentum", "decay_layer_start"):
+        assert option in shown["encoder_conf"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config",
+    ["train_asr_iml_spikeformer_tiny.yaml", "train_asr_spike_driven_transformer_tiny.yaml"],
+)
+def test_stock_train_then_decode_on_generated_speech(config, tmp_path):
+    from espnet_imlspike.demo.asr_pipeline import read_kaldi_map, train_and_decode
+    from espnet_imlspike.demo.tone_corpus import make_corpus
+
+    dirs = make_corpus(tmp_path, {"train": 24, "valid": 6, "test": 5})
+    cer = train_and_decode(
+        tmp_path, TONE_CONF / config, dirs, ["--max_epoch", "1"], tag="tiny"
+    )
+    hyps = read_kaldi_map(tmp_path / "decode/tiny/1best_recog/text")
+    assert set(hyps) == set(read_kaldi_map(dirs["test"] / "text"))
+    assert cer >= 0.0
+    checkpoint = tmp_path / "exp/tiny/valid.acc.best.pth"
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu")
+    assert any(k.startswith("encoder.encoders.0.") for k in state)
+    if "iml" in config:
+        # the IMLS running thresholds are trained buffers, saved in the checkpoint
+        key = "encoder.encoders.0.attn_input_neuron.running_max"
+        assert key in state and not torch.equal(state[key], torch.ones_like(state[key]))
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_hook_at_site_packages_root(tmp_path):
+    done = run_python(
+        ["-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)],
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("espnet_imlspike-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "espnet_imlspike.pth" in names
+    target = tmp_path / "site"
+    done = run_python(["-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    # -S keeps the dev install's .pth files out; addsitedir processes the wheel's.
+    done = run_python(
+        ["-S", "-c",
+         f"import site, sys; sys.path.append({PURELIB!r}); "
+         f"site.addsitedir({str(target)!r}); "
+         "import espnet_imlspike; assert espnet_imlspike.__file__.startswith("
+         f"{str(target)!r}), espnet_imlspike.__file__; "
+         "import espnet2.tasks.asr as t; print('iml_spikeformer' in t.encoder_choices.classes)"],
+        cwd=tmp_path,  # not the repository, whose package would shadow the wheel's
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("True")
