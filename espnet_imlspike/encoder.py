@@ -126,6 +126,7 @@ class IMLSpikeformerEncoder(AbsEncoder):
         self.firing = firing
         self.attention = attention
         self.normalize_before = normalize_before
+        self.decay_layer_start = decay_layer_start
         self.min_input_frames = MIN_INPUT_FRAMES[input_layer]
 
         if input_layer == "conv2d":

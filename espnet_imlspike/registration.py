@@ -10,10 +10,11 @@ import sys
 from types import ModuleType
 from typing import Optional
 
-ASR_ENCODERS = ("iml_spikeformer", "spike_driven_transformer")
+ASR_ENCODERS = ("iml_spikeformer", "spike_driven_transformer", "iml_spikeformer_deploy")
 
 
 def _asr_encoder_classes() -> dict:
+    from espnet_imlspike.deploy import IMLSpikeformerDeployEncoder
     from espnet_imlspike.encoder import (
         IMLSpikeformerEncoder,
         SpikeDrivenTransformerEncoder,
@@ -22,6 +23,7 @@ def _asr_encoder_classes() -> dict:
     return {
         "iml_spikeformer": IMLSpikeformerEncoder,
         "spike_driven_transformer": SpikeDrivenTransformerEncoder,
+        "iml_spikeformer_deploy": IMLSpikeformerDeployEncoder,
     }
 
 

@@ -6,10 +6,9 @@ import zipfile
 import pytest
 import yaml
 
-from conftest import REPO, run_python, shipped_training_configs
+from conftest import REPO, TONE_CONF, run_python, shipped_training_configs
 
 AISHELL_IML = REPO / "egs2/aishell/asr1/conf/tuning/train_asr_iml_spikeformer.yaml"
-TONE_CONF = REPO / "egs2/tone_demo/asr1/conf"
 PURELIB = sysconfig.get_paths()["purelib"]  # this environment's site-packages
 
 
@@ -126,30 +125,33 @@ def test_print_config_shows_every_encoder_option():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "config",
-    ["train_asr_iml_spikeformer_tiny.yaml", "train_asr_spike_driven_transformer_tiny.yaml"],
-)
-def test_stock_train_then_decode_on_generated_speech(config, tmp_path):
+def test_stock_train_then_decode_iml_spikeformer(tiny_iml_asr):
+    import torch
+
+    from espnet_imlspike.demo.asr_pipeline import read_kaldi_map
+
+    hyps = read_kaldi_map(tiny_iml_asr["out"] / "decode/tiny/1best_recog/text")
+    assert set(hyps) == set(read_kaldi_map(tiny_iml_asr["dirs"]["test"] / "text"))
+    state = torch.load(tiny_iml_asr["exp"] / "valid.acc.best.pth", map_location="cpu")
+    # the IMLS running thresholds are trained buffers, saved in the checkpoint
+    key = "encoder.encoders.0.attn_input_neuron.running_max"
+    assert key in state and not torch.equal(state[key], torch.ones_like(state[key]))
+    config = yaml.safe_load((tiny_iml_asr["exp"] / "config.yaml").read_text())
+    assert config["encoder"] == "iml_spikeformer"
+
+
+@pytest.mark.slow
+def test_stock_train_then_decode_spike_driven_transformer(tmp_path):
     from espnet_imlspike.demo.asr_pipeline import read_kaldi_map, train_and_decode
     from espnet_imlspike.demo.tone_corpus import make_corpus
 
     dirs = make_corpus(tmp_path, {"train": 24, "valid": 6, "test": 5})
-    cer = train_and_decode(
-        tmp_path, TONE_CONF / config, dirs, ["--max_epoch", "1"], tag="tiny"
-    )
-    hyps = read_kaldi_map(tmp_path / "decode/tiny/1best_recog/text")
+    config = TONE_CONF / "train_asr_spike_driven_transformer_tiny.yaml"
+    train_and_decode(tmp_path, config, dirs, ["--max_epoch", "1"], tag="sdt")
+    hyps = read_kaldi_map(tmp_path / "decode/sdt/1best_recog/text")
     assert set(hyps) == set(read_kaldi_map(dirs["test"] / "text"))
-    assert cer >= 0.0
-    checkpoint = tmp_path / "exp/tiny/valid.acc.best.pth"
-    import torch
-
-    state = torch.load(checkpoint, map_location="cpu")
-    assert any(k.startswith("encoder.encoders.0.") for k in state)
-    if "iml" in config:
-        # the IMLS running thresholds are trained buffers, saved in the checkpoint
-        key = "encoder.encoders.0.attn_input_neuron.running_max"
-        assert key in state and not torch.equal(state[key], torch.ones_like(state[key]))
+    dumped = yaml.safe_load((tmp_path / "exp/sdt/config.yaml").read_text())
+    assert dumped["encoder"] == "spike_driven_transformer"
 
 
 @pytest.mark.slow
