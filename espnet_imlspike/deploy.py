@@ -126,25 +126,42 @@ class FrozenThresholdNeuron(_DeployModule):
         return multi_level_fire(x / self.divisor.to(x.dtype) * self.scale, self.timesteps)
 
 
-class SynapticLinear(torch.nn.Linear, _DeployModule):
-    """Linear layer fed by spike counts; spike-train execution of Eq. 9."""
+class SynapticLinear(_DeployModule):
+    """Linear layer fed by spike counts; spike-train execution of Eq. 9.
+
+    The weights live in a bias-free ``synapse`` (a plain ``torch.nn.Linear``) that is
+    called once per binary spike plane, so hook-based tools that watch Linear layers
+    (e.g. NeuroBench) see the binary spikes; the bias is added once afterwards.
+
+    Args:
+        in_features: Input channels.
+        out_features: Output channels.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.synapse = torch.nn.Linear(in_features, out_features, bias=False)
+        self.bias = torch.nn.Parameter(torch.zeros(out_features))
+
+    @torch.no_grad()
+    def load_from(self, trained: torch.nn.Linear) -> None:
+        """Copy a trained Linear layer's weight and bias."""
+        self.synapse.weight.copy_(trained.weight)
+        self.bias.copy_(trained.bias)
 
     def forward(self, spikes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if self.execution == "multi_level":
-            out = torch.nn.functional.linear(spikes, self.weight, self.bias)
+            out = self.synapse(spikes)
         else:
             check_spike_counts(spikes, self.timesteps, self.layer_name)
-            out = torch.zeros(
-                *spikes.shape[:-1], self.out_features, dtype=spikes.dtype,
-                device=spikes.device,
-            )
+            out = 0
             for plane in spike_planes(spikes, self.timesteps):
-                out = out + plane @ self.weight.t()
+                out = out + self.synapse(plane)
                 self.count("spikes", plane[valid].sum())
                 self.count("ac", plane[valid].sum() * self.out_features)
-            out = out + self.bias
         self.count("other", valid.sum() * self.out_features)  # bias additions
-        return out
+        return out + self.bias
 
 
 class DeploySpikingChannelMLP(_DeployModule):
@@ -194,8 +211,8 @@ class FusedHDRepSSA(_DeployModule):
             self.q_bias_term[h] = wq[rows].t() @ bk[rows]
             self.k_bias_term[h] = wk[rows].t() @ bq[rows]
             self.bias_product[h] = bq[rows] @ bk[rows]
-        self.linear_v.load_state_dict(trained.linear_v.state_dict())
-        self.linear_out.load_state_dict(trained.linear_out.state_dict())
+        self.linear_v.load_from(trained.linear_v)
+        self.linear_out.load_from(trained.linear_out)
 
     def attention_map(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Attention weights (N, H, L, L) from spikes with the fused weights."""
@@ -439,9 +456,7 @@ def convert_encoder(trained: IMLSpikeformerEncoder, execution: str = "spike_trai
         _freeze(ours.mlp_input_neuron, theirs.mlp_input_neuron)
         if isinstance(theirs.self_attn, SDSA3):
             for name in ("linear_q", "linear_k", "linear_v", "linear_out"):
-                getattr(ours.self_attn, name).load_state_dict(
-                    getattr(theirs.self_attn, name).state_dict()
-                )
+                getattr(ours.self_attn, name).load_from(getattr(theirs.self_attn, name))
             for name in ("query_neuron", "key_neuron", "value_neuron", "attention_neuron"):
                 _freeze(getattr(ours.self_attn, name), getattr(theirs.self_attn, name))
         else:
@@ -449,8 +464,8 @@ def convert_encoder(trained: IMLSpikeformerEncoder, execution: str = "spike_trai
             _freeze(ours.self_attn.value_neuron, theirs.self_attn.value_neuron)
             _freeze(ours.self_attn.attention_neuron, theirs.self_attn.attention_neuron)
         mlp, trained_mlp = ours.feed_forward, theirs.feed_forward
-        mlp.w_1.load_state_dict(trained_mlp.w_1.state_dict())
-        mlp.w_2.load_state_dict(trained_mlp.w_2.state_dict())
+        mlp.w_1.load_from(trained_mlp.w_1)
+        mlp.w_2.load_from(trained_mlp.w_2)
         _freeze(mlp.hidden_neuron, trained_mlp.hidden_neuron)
     return deploy.eval()
 

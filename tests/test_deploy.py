@@ -213,7 +213,8 @@ def test_deploy_state_dict_holds_fused_weights_not_q_and_k():
     deploy = convert_encoder(trained_encoder())
     keys = deploy.state_dict().keys()
     assert "encoders.0.self_attn.w_qk" in keys
-    assert not any(k.endswith("linear_q.weight") for k in keys)
+    assert "encoders.0.self_attn.linear_v.synapse.weight" in keys
+    assert not any("linear_q" in k or "linear_k" in k for k in keys)
     assert isinstance(deploy.encoders[1].self_attn, FusedHDRepSSA)
 
 

@@ -40,8 +40,18 @@ class DeployError(Exception):
     """A model that cannot be converted, with the reason."""
 
 
-def load_trained_model(config_path: Path, model_path: Path):
-    """Build the ASR model from its config and load the checkpoint strictly."""
+def load_trained_model(config_path: Path, model_path: Path,
+                       encoders=("iml_spikeformer",)):
+    """Build the ASR model from its config and load the checkpoint strictly.
+
+    Args:
+        config_path: config.yaml written by asr_train.
+        model_path: Checkpoint.
+        encoders: Encoder names accepted.
+
+    Returns:
+        (model, config dict)
+    """
     import torch
     from espnet2.tasks.asr import ASRTask
 
@@ -51,10 +61,10 @@ def load_trained_model(config_path: Path, model_path: Path):
     config = yaml.safe_load(config_path.read_text())
     if not isinstance(config, dict) or "encoder" not in config:
         raise DeployError(f"{config_path} is not an ESPnet ASR training config")
-    if config["encoder"] != "iml_spikeformer":
+    if config["encoder"] not in encoders:
         raise DeployError(
-            f"{config_path}: encoder is {config['encoder']!r}; only iml_spikeformer "
-            "models are converted"
+            f"{config_path}: encoder is {config['encoder']!r}; only "
+            f"{' / '.join(encoders)} models are accepted (no spiking neurons otherwise)"
         )
     model, _ = ASRTask.build_model_from_file(config_path, None, "cpu")
     state = torch.load(model_path, map_location="cpu", weights_only=False)

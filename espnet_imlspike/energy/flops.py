@@ -1,0 +1,149 @@
+"""Per-layer FLOPs of an encoder for one utterance, from the actual sequence length.
+
+FLOPs are counted as multiply-accumulates (MACs) of the synaptic operations: linear
+layers, convolutions and the two attention products. Softmax, LayerNorm, residual
+additions and neuron updates are not counted (the paper's convention); the deploy form's
+counter reports them separately.
+
+Each :class:`LayerCost` names the neuron layer whose spikes feed it (``source``), or
+``None`` when its input is real-valued (the convolutional front, the continuous Q K^T map
+of the training form, every layer of an ANN): those count as MACs.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+
+@dataclass
+class LayerCost:
+    name: str
+    flops: int
+    source: Optional[str]  # neuron layer feeding this layer, None = real-valued input
+
+
+def conv_front_costs(embed, in_frames: int, features: int) -> List[LayerCost]:
+    """MACs of ESPnet's Conv2dSubsampling* (or the linear embedding) for one utterance."""
+    if isinstance(embed, torch.nn.Sequential):  # input_layer: linear
+        linear = embed[0]
+        return [LayerCost("embed.linear", in_frames * linear.in_features * linear.out_features, None)]
+    costs, frames, freq = [], in_frames, features
+    for index, layer in enumerate(embed.conv):
+        if isinstance(layer, torch.nn.Conv2d):
+            kernel, stride = layer.kernel_size[0], layer.stride[0]
+            frames = (frames - kernel) // stride + 1
+            freq = (freq - kernel) // stride + 1
+            macs = frames * freq * layer.out_channels * layer.in_channels * kernel * kernel
+            costs.append(LayerCost(f"embed.conv.{index}", macs, None))
+    linear = embed.out[0]
+    costs.append(LayerCost("embed.out", frames * linear.in_features * linear.out_features, None))
+    return costs
+
+
+def transformer_block_costs(prefix: str, length: int, size: int, units: int) -> List[LayerCost]:
+    """An ANN Transformer block (ESPnet EncoderLayer): every operation is a MAC."""
+    return [
+        LayerCost(f"{prefix}.self_attn.linear_q", length * size * size, None),
+        LayerCost(f"{prefix}.self_attn.linear_k", length * size * size, None),
+        LayerCost(f"{prefix}.self_attn.linear_v", length * size * size, None),
+        LayerCost(f"{prefix}.self_attn.scores", length * length * size, None),
+        LayerCost(f"{prefix}.self_attn.context", length * length * size, None),
+        LayerCost(f"{prefix}.self_attn.linear_out", length * size * size, None),
+        LayerCost(f"{prefix}.feed_forward.w_1", length * size * units, None),
+        LayerCost(f"{prefix}.feed_forward.w_2", length * units * size, None),
+    ]
+
+
+def spiking_block_costs(
+    prefix: str, block, length: int, size: int, units: int, fused_qk: bool
+) -> List[LayerCost]:
+    """A spiking block: each synaptic layer with the neuron layer that feeds it.
+
+    HD-RepSSA with ``fused_qk`` (inference form, Eq. 12): ``X W_QK`` (H L D^2) and
+    ``(X W_QK) X^T`` (H L^2 D) are both driven by the input spikes X. Without fusion
+    (training form) ``X W_Q``, ``X W_K`` are spike-driven but ``Q K^T`` multiplies two
+    real-valued matrices (MAC).
+    """
+    from espnet_imlspike.attention import SDSA3
+
+    attn = block.self_attn
+    x_in = f"{prefix}.attn_input_neuron"
+    a = f"{prefix}.self_attn"
+    costs = []
+    if isinstance(attn, SDSA3) or type(attn).__name__ == "DeploySDSA3":
+        d_k = size // attn.heads
+        costs += [
+            LayerCost(f"{a}.linear_q", length * size * size, x_in),
+            LayerCost(f"{a}.linear_k", length * size * size, x_in),
+            LayerCost(f"{a}.linear_v", length * size * size, x_in),
+            LayerCost(f"{a}.key_value", length * size * d_k, f"{a}.key_neuron"),
+            LayerCost(f"{a}.query_kv", length * size * d_k, f"{a}.query_neuron"),
+        ]
+    else:
+        heads = attn.heads
+        if fused_qk:
+            costs += [
+                LayerCost(f"{a}.x_wqk", heads * length * size * size, x_in),
+                LayerCost(f"{a}.scores", heads * length * length * size, x_in),
+            ]
+        else:
+            costs += [
+                LayerCost(f"{a}.linear_q", length * size * size, x_in),
+                LayerCost(f"{a}.linear_k", length * size * size, x_in),
+                LayerCost(f"{a}.scores", length * length * size, None),
+            ]
+        costs += [
+            LayerCost(f"{a}.linear_v", length * size * size, x_in),
+            LayerCost(f"{a}.context", length * length * size, f"{a}.value_neuron"),
+        ]
+    costs += [
+        LayerCost(f"{a}.linear_out", length * size * size, f"{a}.attention_neuron"),
+        LayerCost(f"{prefix}.feed_forward.w_1", length * size * units, f"{prefix}.mlp_input_neuron"),
+        LayerCost(f"{prefix}.feed_forward.w_2", length * units * size,
+                  f"{prefix}.feed_forward.hidden_neuron"),
+    ]
+    return costs
+
+
+def encoder_costs(
+    encoder, in_frames: int, out_frames: int, ann: bool = False, fused_qk: bool = True
+) -> List[LayerCost]:
+    """All layer costs of one utterance.
+
+    Args:
+        encoder: Our spiking encoder (training or deploy form) or ESPnet's
+            TransformerEncoder.
+        in_frames: Feature frames of the utterance.
+        out_frames: Frames after subsampling.
+        ann: Count ``encoder``'s sizes as an ANN Transformer (all MACs).
+        fused_qk: Count HD-RepSSA in its fused inference form.
+
+    Returns:
+        The list of layer costs.
+    """
+    size = encoder.output_size()
+    first = encoder.encoders[0]
+    units = first.feed_forward.w_1.out_features
+    features = _input_features(encoder)
+    costs = conv_front_costs(encoder.embed, in_frames, features)
+    for index, block in enumerate(encoder.encoders):
+        prefix = f"encoders.{index}"
+        if ann or not hasattr(block, "attn_input_neuron"):
+            costs += transformer_block_costs(prefix, out_frames, size, units)
+        else:
+            costs += spiking_block_costs(prefix, block, out_frames, size, units, fused_qk)
+    return costs
+
+
+def _input_features(encoder) -> int:
+    if hasattr(encoder, "input_size"):
+        return encoder.input_size
+    embed = encoder.embed
+    if isinstance(embed, torch.nn.Sequential):
+        return embed[0].in_features
+    # invert ESPnet's conv frequency arithmetic from the output linear's width
+    freq = embed.out[0].in_features // embed.conv[0].out_channels
+    for layer in reversed([m for m in embed.conv if isinstance(m, torch.nn.Conv2d)]):
+        freq = (freq - 1) * layer.stride[0] + layer.kernel_size[0]
+    return freq

@@ -1,0 +1,129 @@
+"""Forward hooks that record firing statistics of every spiking neuron layer."""
+
+from typing import Dict, List, Optional
+
+import torch
+
+from espnet_imlspike.neurons import (
+    InputAwareMultiLevelSpikeNeuron,
+    MultiLevelSpikeNeuron,
+    MultiStepIFNeuron,
+)
+
+SPIKING_NEURONS = (InputAwareMultiLevelSpikeNeuron, MultiLevelSpikeNeuron, MultiStepIFNeuron)
+
+
+def spiking_neuron_types():
+    """Neuron classes of the training and deploy forms."""
+    from espnet_imlspike.deploy import FrozenThresholdNeuron
+
+    return SPIKING_NEURONS + (FrozenThresholdNeuron,)
+
+
+class LayerFiring:
+    """Spike statistics of one neuron layer, accumulated over valid frames.
+
+    ``spikes``: total spikes; ``neuron_steps``: neurons x frames x T it could have used;
+    ``per_neuron``: spikes per channel; ``frames``: valid frames seen (times T for
+    multi-step neurons, which see each frame once per step); ``nonzero``: outputs > 0.
+    """
+
+    def __init__(self, channels: int, timesteps: int, multistep: bool):
+        self.channels = channels
+        self.timesteps = timesteps
+        self.multistep = multistep
+        self.spikes = 0.0
+        self.nonzero = 0
+        self.outputs = 0
+        self.frames = 0
+        self.per_neuron = torch.zeros(channels, dtype=torch.float64)
+
+    @property
+    def neuron_steps(self) -> float:
+        steps = 1 if self.multistep else self.timesteps
+        return float(self.frames) * self.channels * steps
+
+    @property
+    def rate(self) -> float:
+        """R_l: spikes per neuron per timestep."""
+        return self.spikes / self.neuron_steps if self.frames else 0.0
+
+    def per_neuron_rate(self) -> torch.Tensor:
+        steps = 1 if self.multistep else self.timesteps
+        return self.per_neuron / max(1, self.frames * steps)
+
+    def add(self, spikes: torch.Tensor, valid: Optional[torch.Tensor]) -> None:
+        spikes = spikes.detach().to(torch.float64)
+        if valid is None:
+            valid = torch.ones(spikes.shape[:-1], dtype=torch.bool, device=spikes.device)
+        kept = spikes[valid]  # (frames, C)
+        self.spikes += float(kept.sum())
+        self.nonzero += int((kept != 0).sum())
+        self.outputs += kept.numel()
+        self.frames += int(valid.sum())
+        self.per_neuron += kept.sum(0).cpu()
+
+
+class FiringRateRecorder:
+    """Registers forward hooks on every spiking neuron layer of a model.
+
+    Use as a context manager around the forward passes to record; ``layers`` maps
+    module names to :class:`LayerFiring`. Padded frames are ignored through the
+    ``valid`` mask each neuron receives.
+
+    Args:
+        model: Any module containing our spiking neurons.
+        attention_maps: Also keep the attention maps (N, H, L, L) of HD-RepSSA layers
+            from the first recorded forward (for plots).
+    """
+
+    def __init__(self, model: torch.nn.Module, attention_maps: bool = False):
+        self.model = model
+        self.layers: Dict[str, LayerFiring] = {}
+        self.attention: Dict[str, torch.Tensor] = {}
+        self._want_maps = attention_maps
+        self._handles: List = []
+        types = spiking_neuron_types()
+        self.neurons = {n: m for n, m in model.named_modules() if isinstance(m, types)}
+        if not self.neurons:
+            raise ValueError(
+                f"{type(model).__name__} has no spiking neuron layers: nothing to record"
+            )
+
+    def __enter__(self):
+        for name, module in self.neurons.items():
+            self._handles.append(module.register_forward_hook(self._firing_hook(name)))
+        if self._want_maps:
+            from espnet_imlspike.attention import HDRepSSA
+            from espnet_imlspike.deploy import FusedHDRepSSA
+
+            for name, module in self.model.named_modules():
+                if isinstance(module, (HDRepSSA, FusedHDRepSSA)):
+                    self._handles.append(module.register_forward_hook(self._map_hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _firing_hook(self, name: str):
+        def hook(module, inputs, output):
+            valid = inputs[1] if len(inputs) > 1 else None
+            if name not in self.layers:
+                self.layers[name] = LayerFiring(
+                    output.size(-1),
+                    module.timesteps,
+                    isinstance(module, MultiStepIFNeuron),
+                )
+            self.layers[name].add(output, valid)
+
+        return hook
+
+    def _map_hook(self, name: str):
+        def hook(module, inputs, output):
+            if name not in self.attention:
+                with torch.no_grad():
+                    self.attention[name] = module.attention_map(*inputs).detach().cpu()
+
+        return hook
