@@ -1,53 +1,111 @@
-"""Tiny end-to-end ASR run through ESPnet's stock entry points, offline.
+"""End-to-end ASR comparison through ESPnet's stock entry points, offline.
 
-Stages (each a subprocess of the unmodified ``python -m espnet2.bin.*`` programs,
-exactly as ``asr.sh`` would call them): generate the tone corpus, write the char token
-list and shape files, collect feature statistics (``asr_train --collect_stats true``),
-train (``asr_train``), decode (``asr_inference``), and score the character error rate.
+Stages (each a subprocess of the unmodified ``python -m espnet2.bin.*`` programs, called
+as ``asr.sh`` calls them): generate a corpus (synthetic speech from espeak-ng, or the
+tone language), train the token model (sentencepiece, then ``espnet2.bin.tokenize_text``
+for the token list) or write the char list, collect feature statistics
+(``asr_train --collect_stats true``), train (``asr_train``), decode (``asr_inference``),
+score CER/WER, run the energy report (``espnet_imlspike.bin.energy_report``) on spiking
+models, and print one comparison table.
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import soundfile
 
-from espnet_imlspike.demo.tone_corpus import LETTERS, make_corpus
+from espnet_imlspike.demo.kaldi_data import read_kaldi_map
+from espnet_imlspike.demo.tone_corpus import LETTERS
 
 TOKENS = ["<blank>", "<unk>", *LETTERS, "<sos/eos>"]
 
 
-def read_kaldi_map(path: Path) -> Dict[str, str]:
-    """Read a Kaldi-style 'key value...' file into a dict."""
-    entries = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition(" ")
-            if key:
-                entries[key] = value
-    return entries
+@dataclass
+class TokenSetup:
+    """Token type, token list and (for bpe) the sentencepiece model."""
+
+    token_type: str
+    token_list: Path
+    bpemodel: Optional[Path] = None
+
+    def args(self) -> List[str]:
+        args = ["--token_type", self.token_type, "--token_list", str(self.token_list)]
+        if self.bpemodel is not None:
+            args += ["--bpemodel", str(self.bpemodel)]
+        return args
+
+    def size(self) -> int:
+        return len(self.token_list.read_text().split())
 
 
-def write_shape_files(data_dir: Path, shape_dir: Path) -> None:
-    """speech_shape (samples) and text_shape.char (characters) for one data dir."""
+def char_tokens(out_dir: Path, letters: str = LETTERS) -> TokenSetup:
+    """A char token list: <blank>, <unk>, the letters, <sos/eos>."""
+    path = out_dir / "tokens.txt"
+    path.write_text("\n".join(["<blank>", "<unk>", *letters, "<sos/eos>"]) + "\n")
+    return TokenSetup("char", path)
+
+
+def bpe_tokens(out_dir: Path, train_dir: Path, vocab_size: int) -> TokenSetup:
+    """Train a sentencepiece unigram model on the training text, as asr.sh stage 5 does,
+    then write the token list with ESPnet's stock ``tokenize_text``."""
+    import sentencepiece
+
+    token_dir = out_dir / "token_list" / f"bpe_unigram{vocab_size}"
+    token_dir.mkdir(parents=True, exist_ok=True)
+    texts = [v for v in read_kaldi_map(train_dir / "text").values()]
+    (token_dir / "train.txt").write_text("\n".join(texts) + "\n")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(token_dir / "train.txt"), vocab_size=vocab_size, model_type="unigram",
+        model_prefix=str(token_dir / "bpe"), character_coverage=1.0,
+        input_sentence_size=100000000, minloglevel=2,
+    )
+    run(
+        [sys.executable, "-m", "espnet2.bin.tokenize_text", "--token_type", "bpe",
+         "--bpemodel", str(token_dir / "bpe.model"), "--input", str(train_dir / "text"),
+         "--output", str(token_dir / "tokens.txt"), "--field", "2-",
+         "--write_vocabulary", "true", "--add_symbol", "<blank>:0",
+         "--add_symbol", "<unk>:1", "--add_symbol", "<sos/eos>:-1"],
+        out_dir / "logs" / "tokenize_text.log",
+    )
+    return TokenSetup("bpe", token_dir / "tokens.txt", token_dir / "bpe.model")
+
+
+def write_shape_files(data_dir: Path, shape_dir: Path, token_type: str) -> None:
+    """speech_shape (samples) and a rough text shape (characters), for collect_stats."""
     shape_dir.mkdir(parents=True, exist_ok=True)
     with open(shape_dir / "speech_shape", "w") as f:
         for key, path in read_kaldi_map(data_dir / "wav.scp").items():
             f.write(f"{key} {soundfile.info(path).frames}\n")
-    with open(shape_dir / "text_shape.char", "w") as f:
+    with open(shape_dir / f"text_shape.{token_type}", "w") as f:
         for key, text in read_kaldi_map(data_dir / "text").items():
             f.write(f"{key} {len(text)}\n")
 
 
-def character_error_rate(ref: Dict[str, str], hyp: Dict[str, str]) -> float:
-    """CER in percent over the keys of ``ref`` (a missing hypothesis counts as empty)."""
+def error_rates(ref: Dict[str, str], hyp: Dict[str, str]) -> Dict[str, float]:
+    """CER (characters, spaces removed) and WER (words) in percent over ``ref``'s keys;
+    a missing hypothesis counts as empty."""
     import editdistance
 
-    errors = sum(editdistance.eval(ref[k], hyp.get(k, "").replace(" ", "")) for k in ref)
-    return 100.0 * errors / max(1, sum(len(v) for v in ref.values()))
+    char_errors = sum(
+        editdistance.eval(ref[k].replace(" ", ""), hyp.get(k, "").replace(" ", ""))
+        for k in ref
+    )
+    chars = sum(len(v.replace(" ", "")) for v in ref.values())
+    word_errors = sum(editdistance.eval(ref[k].split(), hyp.get(k, "").split()) for k in ref)
+    words = sum(len(v.split()) for v in ref.values())
+    return {"cer": 100.0 * char_errors / max(1, chars),
+            "wer": 100.0 * word_errors / max(1, words)}
+
+
+def character_error_rate(ref: Dict[str, str], hyp: Dict[str, str]) -> float:
+    """CER in percent (see :func:`error_rates`)."""
+    return error_rates(ref, hyp)["cer"]
 
 
 def run(command: List[str], log: Path) -> None:
@@ -61,77 +119,94 @@ def run(command: List[str], log: Path) -> None:
         raise RuntimeError(f"stage failed ({done.returncode}): see {log}\n{tail}")
 
 
-def data_args(prefix: str, data_dir: Path, shape_dir: Optional[Path]) -> List[str]:
+def data_args(
+    prefix: str, data_dir: Path, shape_dir: Optional[Path], token_type: str
+) -> List[str]:
     args = [
-        f"--{prefix}_data_path_and_name_and_type",
-        f"{data_dir}/wav.scp,speech,sound",
-        f"--{prefix}_data_path_and_name_and_type",
-        f"{data_dir}/text,text,text",
+        f"--{prefix}_data_path_and_name_and_type", f"{data_dir}/wav.scp,speech,sound",
+        f"--{prefix}_data_path_and_name_and_type", f"{data_dir}/text,text,text",
     ]
     if shape_dir is not None:
         args += [
-            f"--{prefix}_shape_file",
-            f"{shape_dir}/speech_shape",
-            f"--{prefix}_shape_file",
-            f"{shape_dir}/text_shape.char",
+            f"--{prefix}_shape_file", f"{shape_dir}/speech_shape",
+            f"--{prefix}_shape_file", f"{shape_dir}/text_shape.{token_type}",
         ]
     return args
+
+
+def collect_stats(out_dir: Path, config: Path, dirs: Dict[str, Path], tokens: TokenSetup,
+                  common: List[str]) -> Path:
+    """``asr_train --collect_stats true`` once per corpus; returns the stats dir."""
+    stats_dir = out_dir / "stats"
+    if (stats_dir / "train" / "feats_stats.npz").exists():
+        return stats_dir
+    kind = tokens.token_type
+    for split in ("train", "valid"):
+        write_shape_files(dirs[split], out_dir / "shapes" / split, kind)
+    run(
+        [sys.executable, "-m", "espnet2.bin.asr_train", "--collect_stats", "true",
+         "--config", str(config), *common,
+         *data_args("train", dirs["train"], out_dir / "shapes" / "train", kind),
+         *data_args("valid", dirs["valid"], out_dir / "shapes" / "valid", kind),
+         "--output_dir", str(stats_dir)],
+        out_dir / "logs" / "collect_stats.log",
+    )
+    for split in ("train", "valid"):
+        # as asr.sh does: the token shape is "<length>,<vocabulary size>"
+        shapes = read_kaldi_map(stats_dir / split / "text_shape")
+        with open(stats_dir / split / f"text_shape.{kind}", "w") as f:
+            for key, shape in shapes.items():
+                f.write(f"{key} {shape},{tokens.size()}\n")
+    return stats_dir
 
 
 def train_and_decode(
     out_dir: Path,
     config: Path,
     dirs: Dict[str, Path],
-    extra_train_args: List[str] = (),
+    extra_train_args: Sequence[str] = (),
     tag: str = "asr",
-) -> float:
-    """Collect stats, train, decode the test split; return the test CER (%)."""
+    tokens: Optional[TokenSetup] = None,
+    ngpu: int = 0,
+) -> Dict:
+    """Collect stats (once), train, decode the test split and score it.
+
+    Args:
+        out_dir: Working directory (stats/, exp/<tag>, decode/<tag>, logs/).
+        config: asr_train config.
+        dirs: Data dirs with "train", "valid" and "test".
+        extra_train_args: Appended to the asr_train command line.
+        tag: Name of this model's exp and decode dirs.
+        tokens: Token setup; a char list of the tone letters if None.
+        ngpu: GPUs for training and decoding.
+
+    Returns:
+        {"cer", "wer", "exp_dir", "decode_dir"}
+    """
     python = sys.executable
-    token_list = out_dir / "tokens.txt"
-    token_list.write_text("\n".join(TOKENS) + "\n")
+    tokens = tokens or char_tokens(out_dir)
     common = [
-        "--use_preprocessor", "true",
-        "--token_type", "char",
-        "--token_list", str(token_list),
-        "--ngpu", "0",
-        "--num_workers", "0",
-        "--seed", "0",
+        "--use_preprocessor", "true", *tokens.args(),
+        "--ngpu", str(ngpu), "--num_workers", "0", "--seed", "0",
         # folded batches need one fold length per shape file (speech, text)
-        "--fold_length", "80000",
-        "--fold_length", "150",
+        "--fold_length", "80000", "--fold_length", "150",
     ]
-    stats_dir = out_dir / "stats"
-    if not (stats_dir / "train" / "feats_stats.npz").exists():
-        for split in ("train", "valid"):
-            write_shape_files(dirs[split], out_dir / "shapes" / split)
-        run(
-            [python, "-m", "espnet2.bin.asr_train", "--collect_stats", "true",
-             "--config", str(config), *common,
-             *data_args("train", dirs["train"], out_dir / "shapes" / "train"),
-             *data_args("valid", dirs["valid"], out_dir / "shapes" / "valid"),
-             "--output_dir", str(stats_dir)],
-            out_dir / "logs" / "collect_stats.log",
-        )
-        for split in ("train", "valid"):
-            # as asr.sh does: the token shape is "<length>,<vocabulary size>"
-            shapes = read_kaldi_map(stats_dir / split / "text_shape")
-            with open(stats_dir / split / "text_shape.char", "w") as f:
-                for key, shape in shapes.items():
-                    f.write(f"{key} {shape},{len(TOKENS)}\n")
+    stats_dir = collect_stats(out_dir, config, dirs, tokens, common)
     exp_dir = out_dir / "exp" / tag
+    kind = tokens.token_type
     run(
         [python, "-m", "espnet2.bin.asr_train", "--config", str(config), *common,
          "--normalize", "global_mvn",
          "--normalize_conf", f"stats_file={stats_dir}/train/feats_stats.npz",
-         *data_args("train", dirs["train"], stats_dir / "train"),
-         *data_args("valid", dirs["valid"], stats_dir / "valid"),
+         *data_args("train", dirs["train"], stats_dir / "train", kind),
+         *data_args("valid", dirs["valid"], stats_dir / "valid", kind),
          "--use_tensorboard", "false",
          "--output_dir", str(exp_dir), *extra_train_args],
         out_dir / "logs" / f"train_{tag}.log",
     )
     decode_dir = out_dir / "decode" / tag
     run(
-        [python, "-m", "espnet2.bin.asr_inference", "--ngpu", "0",
+        [python, "-m", "espnet2.bin.asr_inference", "--ngpu", str(ngpu),
          "--asr_train_config", str(exp_dir / "config.yaml"),
          "--asr_model_file", str(exp_dir / "valid.acc.best.pth"),
          "--data_path_and_name_and_type", f"{dirs['test']}/wav.scp,speech,sound",
@@ -141,7 +216,38 @@ def train_and_decode(
         out_dir / "logs" / f"decode_{tag}.log",
     )
     hyp = read_kaldi_map(decode_dir / "1best_recog" / "text")
-    return character_error_rate(read_kaldi_map(dirs["test"] / "text"), hyp)
+    scores = error_rates(read_kaldi_map(dirs["test"] / "text"), hyp)
+    return {**scores, "exp_dir": exp_dir, "decode_dir": decode_dir}
+
+
+def energy_report(out_dir: Path, exp_dir: Path, test_dir: Path, tag: str) -> Dict:
+    """Run the energy-report stage on a trained spiking model; return its JSON."""
+    report_dir = out_dir / "energy" / tag
+    run(
+        [sys.executable, "-m", "espnet_imlspike.bin.energy_report",
+         "--asr_train_config", str(exp_dir / "config.yaml"),
+         "--asr_model_file", str(exp_dir / "valid.acc.best.pth"),
+         "--data_dir", str(test_dir), "--output_dir", str(report_dir)],
+        out_dir / "logs" / f"energy_{tag}.log",
+    )
+    return json.loads((report_dir / "energy.json").read_text())
+
+
+def comparison_table(rows: List[Dict]) -> str:
+    """One Markdown table: error rates, parameters and encoder energy per model."""
+    lines = [
+        "| model | parameters | test CER (%) | test WER (%) | T | encoder energy (mJ/utt) "
+        "| energy saving |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        energy = "" if row.get("energy_mj") is None else f"{row['energy_mj']:.4g}"
+        saving = "" if row.get("saving") is None else f"x{row['saving']:.2f}"
+        lines.append(
+            f"| {row['tag']} | {row['parameters'] / 1e6:.2f}M | {row['cer']:.1f} | "
+            f"{row['wer']:.1f} | {row.get('timesteps', 1)} | {energy} | {saving} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -149,12 +255,17 @@ def main(argv=None) -> None:
     parser.add_argument("--out_dir", type=Path, default=Path("demo_out"))
     parser.add_argument(
         "--config", type=Path, nargs="+", required=True,
-        help="one or more asr_train configs; each is trained and decoded",
+        help="asr_train configs; each is trained, decoded and (if spiking) energy-reported",
     )
+    parser.add_argument("--corpus", choices=("speech", "tone"), default="speech",
+                        help="speech: espeak-ng spoken digits (BPE tokens); tone: tones (chars)")
     parser.add_argument("--num_train", type=int, default=300)
     parser.add_argument("--num_valid", type=int, default=30)
     parser.add_argument("--num_test", type=int, default=30)
-    parser.add_argument("--max_epoch", type=int, default=None)
+    parser.add_argument("--bpe_vocab_size", type=int, default=20)
+    parser.add_argument("--max_epoch", type=int, default=None,
+                        help="override the configs' max_epoch")
+    parser.add_argument("--ngpu", type=int, default=0)
     args = parser.parse_args(argv)
     for config in args.config:
         if not config.is_file():
@@ -162,18 +273,62 @@ def main(argv=None) -> None:
     start = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {"train": args.num_train, "valid": args.num_valid, "test": args.num_test}
-    dirs = make_corpus(args.out_dir, sizes)
+    print(f"[1/4] generating the {args.corpus} corpus {sizes}", flush=True)
+    if args.corpus == "speech":
+        from espnet_imlspike.demo.speech_corpus import make_corpus
+
+        dirs = make_corpus(args.out_dir, sizes)
+        print("[2/4] training the sentencepiece token model", flush=True)
+        tokens = bpe_tokens(args.out_dir, dirs["train"], args.bpe_vocab_size)
+    else:
+        from espnet_imlspike.demo.tone_corpus import make_corpus
+
+        dirs = make_corpus(args.out_dir, sizes)
+        tokens = char_tokens(args.out_dir)
     extra = [] if args.max_epoch is None else ["--max_epoch", str(args.max_epoch)]
-    results = []
-    for config in args.config:
+    rows = []
+    for index, config in enumerate(args.config, 1):
         tag = config.stem.replace("train_asr_", "")
-        results.append((tag, train_and_decode(args.out_dir, config, dirs, extra, tag)))
-    print(f"\n| model | test CER (%) |\n|---|---|")
-    for tag, cer in results:
-        print(f"| {tag} | {cer:.1f} |")
-    print(f"\n{len(LETTERS)} letters, {args.num_test} test words; a model that always "
-          f"outputs nothing scores 100%. {time.time() - start:.0f} s in all; decoded "
-          f"text in {args.out_dir}/decode/<model>/1best_recog/text")
+        print(f"[3/4] model {index}/{len(args.config)}: {tag}: train, decode, score",
+              flush=True)
+        result = train_and_decode(args.out_dir, config, dirs, extra, tag, tokens, args.ngpu)
+        row = {"tag": tag, "cer": result["cer"], "wer": result["wer"]}
+        import yaml
+
+        encoder = yaml.safe_load((result["exp_dir"] / "config.yaml").read_text())["encoder"]
+        if encoder in ("iml_spikeformer", "spike_driven_transformer"):
+            print(f"[4/4] energy report: {tag}", flush=True)
+            report = energy_report(args.out_dir, result["exp_dir"], dirs["test"], tag)
+            ann, snn = report["models"]
+            row.update(parameters=snn["parameters"], timesteps=snn["timesteps"],
+                       energy_mj=snn["energy_mj"], saving=ann["energy_mj"] / snn["energy_mj"],
+                       ann_energy_mj=ann["energy_mj"])
+        else:
+            row["parameters"] = _count_parameters(result["exp_dir"])
+        rows.append(row)
+        print(f"      {tag}: CER {row['cer']:.1f}%, WER {row['wer']:.1f}% "
+              f"({time.time() - start:.0f} s so far)", flush=True)
+    for row in rows:  # the ANN rows get the ANN energy of the same size, from a report
+        if "energy_mj" not in row:
+            same = [r for r in rows if r.get("ann_energy_mj") and r["parameters"] == row["parameters"]]
+            if same:
+                row.update(energy_mj=same[0]["ann_energy_mj"], saving=1.0)
+    table = comparison_table(rows)
+    (args.out_dir / "results.md").write_text(table + "\n")
+    print("\n" + table)
+    chance = "100%" if args.corpus == "speech" else "100%"
+    print(f"\nA model that outputs nothing scores {chance}. Encoder energy: blocks, without the "
+          f"convolutional front (see README); the Transformer row is the ANN of the same size. "
+          f"{time.time() - start:.0f} s in all; outputs in {args.out_dir}/ (decode/, energy/, "
+          f"results.md)")
+
+
+def _count_parameters(exp_dir: Path) -> int:
+    """Parameters of the trained model, built from its config by ESPnet."""
+    from espnet2.tasks.asr import ASRTask
+
+    model, _ = ASRTask.build_model_from_file(exp_dir / "config.yaml", None, "cpu")
+    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ same corpus serves ASR (text) and speaker tasks (utt2spk). Nothing is downloaded
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict
 
 import numpy as np
-import soundfile
 
-SAMPLE_RATE = 16000
+from espnet_imlspike.demo.kaldi_data import SAMPLE_RATE, write_data_dir
 LETTERS = "abcdef"
 BASE_FREQUENCIES = {c: 220.0 * 2 ** (i / 3) for i, c in enumerate(LETTERS)}
 
@@ -33,29 +32,6 @@ def synthesize(word: str, pitch: float, rng: np.random.Generator) -> np.ndarray:
     wave = np.concatenate(pieces) * rng.uniform(0.1, 0.3)
     wave += rng.normal(0.0, 0.003, wave.shape)
     return wave.astype(np.float32)
-
-
-def write_data_dir(
-    data_dir: Path, utterances: Sequence[Dict[str, str]], wav_dir: Path
-) -> None:
-    """Write wav files and Kaldi-style wav.scp, text, utt2spk, spk2utt (sorted)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    wav_dir.mkdir(parents=True, exist_ok=True)
-    utterances = sorted(utterances, key=lambda u: u["id"])
-    spk2utt: Dict[str, List[str]] = {}
-    with open(data_dir / "wav.scp", "w") as scp, open(
-        data_dir / "text", "w"
-    ) as text, open(data_dir / "utt2spk", "w") as utt2spk:
-        for utt in utterances:
-            path = (wav_dir / f"{utt['id']}.wav").resolve()
-            soundfile.write(path, utt["wave"], SAMPLE_RATE)
-            scp.write(f"{utt['id']} {path}\n")
-            text.write(f"{utt['id']} {utt['text']}\n")
-            utt2spk.write(f"{utt['id']} {utt['speaker']}\n")
-            spk2utt.setdefault(utt["speaker"], []).append(utt["id"])
-    with open(data_dir / "spk2utt", "w") as f:
-        for speaker in sorted(spk2utt):
-            f.write(f"{speaker} {' '.join(spk2utt[speaker])}\n")
 
 
 def make_corpus(
