@@ -3,12 +3,13 @@
 Installed at interpreter start-up by ``espnet_imlspike.pth`` (placed in site-packages
 by the package's build). It costs one small meta-path finder (plain classes, no
 importlib.abc, to keep start-up cheap): torch and ESPnet are
-only touched after a program imports ``espnet2.tasks.asr`` itself.
+only touched after a program imports ``espnet2.tasks.asr`` or ``espnet2.tasks.spk``
+itself.
 """
 
 import sys
 
-TARGETS = ("espnet2.tasks.asr",)
+TARGETS = ("espnet2.tasks.asr", "espnet2.tasks.spk")
 
 
 class _RegisteringLoader:

@@ -55,6 +55,60 @@ def valid_frames(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return positions[None, :] < lengths[:, None]
 
 
+def build_spiking_blocks(
+    output_size: int,
+    attention_heads: int,
+    linear_units: int,
+    num_blocks: int,
+    dropout_rate: float,
+    attention_dropout_rate: float,
+    normalize_before: bool,
+    timesteps: int,
+    firing: str,
+    attention: str,
+    momentum: float,
+    threshold: float,
+    leak: float,
+    surrogate_alpha: float,
+    decay_layer_start: int,
+    sdsa_scale: float,
+) -> torch.nn.ModuleList:
+    """The stack of spiking blocks (Eq. 4) shared by the ASR and speaker encoders.
+
+    Block ``index`` uses the HDM layer ``decay_layer_start + index``. Options are not
+    validated here (see :func:`_check_options`).
+
+    Returns:
+        ModuleList of ``num_blocks`` :class:`SpikingTransformerBlock`, each taking
+        ``(x, valid)`` with x (N, L, output_size).
+    """
+
+    def neuron_for(channels: int):
+        return lambda: make_neuron(
+            firing, channels, timesteps, momentum, threshold, leak, surrogate_alpha
+        )
+
+    return torch.nn.ModuleList(
+        SpikingTransformerBlock(
+            output_size,
+            make_attention(
+                attention,
+                output_size,
+                attention_heads,
+                neuron_for(output_size),
+                layer=decay_layer_start + index,
+                dropout_rate=attention_dropout_rate,
+                sdsa_scale=sdsa_scale,
+            ),
+            SpikingChannelMLP(output_size, linear_units, neuron_for(linear_units)),
+            neuron_for(output_size),
+            dropout_rate,
+            normalize_before,
+        )
+        for index in range(num_blocks)
+    )
+
+
 class IMLSpikeformerEncoder(AbsEncoder):
     """IML-Spikeformer encoder (paper Fig. 1b): IMLS neurons and HD-RepSSA.
 
@@ -144,29 +198,23 @@ class IMLSpikeformerEncoder(AbsEncoder):
                 PositionalEncoding(output_size, positional_dropout_rate),
             )
 
-        def neuron_for(channels: int):
-            return lambda: make_neuron(
-                firing, channels, timesteps, momentum, threshold, leak, surrogate_alpha
-            )
-
-        self.encoders = torch.nn.ModuleList(
-            SpikingTransformerBlock(
-                output_size,
-                make_attention(
-                    attention,
-                    output_size,
-                    attention_heads,
-                    neuron_for(output_size),
-                    layer=decay_layer_start + index,
-                    dropout_rate=attention_dropout_rate,
-                    sdsa_scale=sdsa_scale,
-                ),
-                SpikingChannelMLP(output_size, linear_units, neuron_for(linear_units)),
-                neuron_for(output_size),
-                dropout_rate,
-                normalize_before,
-            )
-            for index in range(num_blocks)
+        self.encoders = build_spiking_blocks(
+            output_size=output_size,
+            attention_heads=attention_heads,
+            linear_units=linear_units,
+            num_blocks=num_blocks,
+            dropout_rate=dropout_rate,
+            attention_dropout_rate=attention_dropout_rate,
+            normalize_before=normalize_before,
+            timesteps=timesteps,
+            firing=firing,
+            attention=attention,
+            momentum=momentum,
+            threshold=threshold,
+            leak=leak,
+            surrogate_alpha=surrogate_alpha,
+            decay_layer_start=decay_layer_start,
+            sdsa_scale=sdsa_scale,
         )
         if normalize_before:
             self.after_norm = LayerNorm(output_size)
@@ -315,6 +363,7 @@ def _check_options(
     momentum: float,
     threshold: float,
     leak: float,
+    input_layers: Tuple[str, ...] = INPUT_LAYERS,
 ) -> None:
     """Reject bad configuration values with an error that names the option."""
     if firing not in FIRING_TYPES:
@@ -323,9 +372,9 @@ def _check_options(
         raise ValueError(
             f"attention must be one of {ATTENTION_TYPES}, got {attention!r}"
         )
-    if input_layer not in INPUT_LAYERS:
+    if input_layer not in input_layers:
         raise ValueError(
-            f"input_layer must be one of {INPUT_LAYERS}, got {input_layer!r}"
+            f"input_layer must be one of {input_layers}, got {input_layer!r}"
         )
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")

@@ -1,9 +1,13 @@
 """Adds our encoders to ESPnet's task registries (ClassChoices), without editing ESPnet.
 
-:func:`register_asr` is called with the freshly executed ``espnet2.tasks.asr`` module by
-the import hook (:mod:`espnet_imlspike.autoload`), so the stock ``espnet2.bin.asr_train``
-and ``espnet2.bin.asr_inference`` accept ``encoder: iml_spikeformer`` and
-``encoder: spike_driven_transformer`` with no import added by the user.
+:func:`register_asr` and :func:`register_spk` are called with the freshly executed
+``espnet2.tasks.asr`` / ``espnet2.tasks.spk`` module by the import hook
+(:mod:`espnet_imlspike.autoload`), so the stock ``espnet2.bin.asr_train`` and
+``espnet2.bin.asr_inference`` accept ``encoder: iml_spikeformer`` and
+``encoder: spike_driven_transformer``, and the stock ``espnet2.bin.spk_train``,
+``spk_embed_extract`` and ``spk_inference.Speech2Embedding`` accept
+``encoder: iml_spikeformer``, ``spike_driven_transformer`` and ``transformer`` (ESPnet's
+SPK task has no Transformer encoder of its own), with no import added by the user.
 """
 
 import sys
@@ -40,7 +44,39 @@ def register_asr(module: Optional[ModuleType] = None) -> None:
         choices.classes.setdefault(name, cls)
 
 
-REGISTRARS = {"espnet2.tasks.asr": register_asr}
+SPK_ENCODERS = ("iml_spikeformer", "spike_driven_transformer", "transformer")
+
+
+def _spk_encoder_classes() -> dict:
+    from espnet_imlspike.spk_encoder import (
+        IMLSpikeformerSpeakerEncoder,
+        SpikeDrivenTransformerSpeakerEncoder,
+        TransformerSpeakerEncoder,
+    )
+
+    return {
+        "iml_spikeformer": IMLSpikeformerSpeakerEncoder,
+        "spike_driven_transformer": SpikeDrivenTransformerSpeakerEncoder,
+        "transformer": TransformerSpeakerEncoder,
+    }
+
+
+def register_spk(module: Optional[ModuleType] = None) -> None:
+    """Add our speaker encoders to ``espnet2.tasks.spk.encoder_choices`` (idempotent).
+
+    A name ESPnet already registers is left to ESPnet's class.
+
+    Args:
+        module: The ``espnet2.tasks.spk`` module; imported if not given.
+    """
+    if module is None:
+        import espnet2.tasks.spk as module
+    choices = module.encoder_choices
+    for name, cls in _spk_encoder_classes().items():
+        choices.classes.setdefault(name, cls)
+
+
+REGISTRARS = {"espnet2.tasks.asr": register_asr, "espnet2.tasks.spk": register_spk}
 
 
 def register_loaded() -> None:
