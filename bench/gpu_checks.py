@@ -27,6 +27,7 @@ SIZE = dict(output_size=256, attention_heads=4, linear_units=2048, num_blocks=12
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--skip_compile", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -42,6 +43,24 @@ def main(argv=None):
             finite = bool(torch.isfinite(out).all()) and all(
                 bool(torch.isfinite(p.grad).all()) for p in model.parameters())
             results[f"{attention}_{str(dtype)[6:]}_finite"] = finite
+    # Deploy vs training form in float64: rounding can no longer flip spike counts.
+    model64 = IMLSpikeformerEncoder(80, **SIZE).to(device).double().train()
+    with torch.no_grad():
+        for _ in range(3):
+            model64(xs.double(), lengths)
+        model64.eval()
+        eager64, olens64, _ = model64(xs.double(), lengths)
+        valid64 = torch.arange(eager64.size(1), device=device)[None] < olens64[:, None]
+        for execution in ("spike_train", "multi_level"):
+            deployed64, _, _ = convert_encoder(model64, execution)(xs.double(), lengths)
+            results[f"deploy_float64_{execution}_max_abs_diff"] = float(
+                (eager64 - deployed64)[valid64].abs().max())
+    if args.skip_compile:
+        print(json.dumps(results, indent=2))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "gpu_checks.json").write_text(json.dumps(results, indent=2))
+        return
     model = IMLSpikeformerEncoder(80, **SIZE).to(device).train()
     explanation = torch._dynamo.explain(model)(xs, lengths)
     results["compile_graph_breaks"] = explanation.graph_break_count
