@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Create (or reuse) the virtual environment at .venv with the exact pinned
-# dependencies and an editable install of this package. Re-installs only when the
-# requirement files or the build files change.
+# Create (or reuse) the virtual environment at .venv with the exact pinned dependencies
+# and an editable install of this package, and install espeak-ng (for the demo).
+# Re-installs Python packages only when the requirement or build files change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# espeak-ng synthesises the demo recipe's speech (a Debian package, not on PyPI).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing espeak-ng (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "setup: espeak-ng is missing; install it (e.g. sudo apt-get install espeak-ng)" >&2
+    exit 1
+  fi
+fi
 stamp=.venv/.espnet_imlspike_stamp
 want=$(cat requirements.txt requirements-test.txt setup.cfg setup.py pyproject.toml \
   espnet_imlspike.pth | sha256sum | cut -d' ' -f1)

@@ -1,5 +1,6 @@
 """ESPnet integration through the unmodified entry points, in fresh interpreters."""
 
+import json
 import sysconfig
 import zipfile
 
@@ -234,3 +235,27 @@ def test_wheel_ships_the_hook_at_site_packages_root(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("True")
+
+
+@pytest.mark.slow
+def test_offline_demo_recipe_reduced(tmp_path):
+    """The README's main job at its CI size: espeak-ng speech, both models, energy."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        ["bash", str(REPO / "egs2/espeak_digits/asr1/run.sh"), "--size", "ci",
+         "--out_dir", str(tmp_path)],
+        env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = (tmp_path / "results.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"iml_spikeformer_demo", "transformer_demo"}
+    # the spiking row carries its energy report, the ANN row the ANN energy of that size
+    assert "x1.00" in rows["transformer_demo"]
+    report = json.loads((tmp_path / "energy/iml_spikeformer_demo/energy.json").read_text())
+    assert report["utterances"] == 16
+    assert "[3/4] model 2/2: transformer_demo" in done.stdout
