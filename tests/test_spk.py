@@ -620,3 +620,27 @@ def test_stock_spk_train_extract_and_score_on_generated_speakers(tmp_path):
     weights = torch.load(exp / "valid.eer.best.pth", map_location="cpu")
     key = "encoder.encoders.0.attn_input_neuron.running_max"
     assert not torch.equal(weights[key], torch.ones_like(weights[key]))
+
+    # the energy-report stage works on the speaker model too (stock SpeakerTask loading)
+    import json as _json
+
+    from conftest import run_python
+
+    done = run_python(
+        ["-m", "espnet_imlspike.bin.energy_report",
+         "--spk_train_config", str(exp / "config.yaml"),
+         "--spk_model_file", str(exp / "valid.eer.best.pth"),
+         "--data_dir", str(dirs["test"]), "--max_utterances", "3",
+         "--output_dir", str(exp / "energy")]
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = _json.loads((exp / "energy" / "energy.json").read_text())
+    ann, snn = report["models"]
+    assert report["utterances"] == 3 and snn["timesteps"] == weights_timesteps(exp)
+    assert 0 < snn["energy_mj"] < ann["energy_mj"]
+    assert all(0 <= f["rate"] <= 1 for f in report["firing"].values())
+
+
+def weights_timesteps(exp):
+    """T of the trained speaker model, from its config."""
+    return yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["timesteps"]

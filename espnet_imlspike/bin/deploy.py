@@ -41,32 +41,38 @@ class DeployError(Exception):
 
 
 def load_trained_model(config_path: Path, model_path: Path,
-                       encoders=("iml_spikeformer",)):
-    """Build the ASR model from its config and load the checkpoint strictly.
+                       encoders=("iml_spikeformer",), task: str = "asr"):
+    """Build an ESPnet model from its config and load the checkpoint strictly.
 
     Args:
-        config_path: config.yaml written by asr_train.
+        config_path: config.yaml written by asr_train / spk_train.
         model_path: Checkpoint.
         encoders: Encoder names accepted.
+        task: "asr" or "spk".
 
     Returns:
         (model, config dict)
     """
     import torch
-    from espnet2.tasks.asr import ASRTask
 
-    for path, what in ((config_path, "--asr_train_config"), (model_path, "--asr_model_file")):
+    if task == "spk":
+        from espnet2.tasks.spk import SpeakerTask as Task
+    else:
+        from espnet2.tasks.asr import ASRTask as Task
+
+    for path, what in ((config_path, f"--{task}_train_config"),
+                       (model_path, f"--{task}_model_file")):
         if not path.is_file():
             raise DeployError(f"{what} {path}: no such file")
     config = yaml.safe_load(config_path.read_text())
     if not isinstance(config, dict) or "encoder" not in config:
-        raise DeployError(f"{config_path} is not an ESPnet ASR training config")
+        raise DeployError(f"{config_path} is not an ESPnet {task.upper()} training config")
     if config["encoder"] not in encoders:
         raise DeployError(
             f"{config_path}: encoder is {config['encoder']!r}; only "
             f"{' / '.join(encoders)} models are accepted (no spiking neurons otherwise)"
         )
-    model, _ = ASRTask.build_model_from_file(config_path, None, "cpu")
+    model, _ = Task.build_model_from_file(config_path, None, "cpu")
     state = torch.load(model_path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict):
         raise DeployError(f"{model_path} is not a state dict")

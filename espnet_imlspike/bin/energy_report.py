@@ -6,7 +6,8 @@ Example::
         --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/valid.acc.best.pth \\
         --data_dir data/test --output_dir exp/asr/energy
 
-reads ``<data_dir>/wav.scp`` (or any ``--data_path_and_name_and_type path,speech,TYPE``
+(or ``--spk_train_config``/``--spk_model_file`` for a speaker model; the deploy form
+and NeuroBench section are ASR-only) reads ``<data_dir>/wav.scp`` (or any ``--data_path_and_name_and_type path,speech,TYPE``
 that ESPnet reads), records firing rates of every spiking neuron layer (padded frames
 never counted), and writes ``energy.json``, ``energy.md`` (paper-style table with the ANN
 Transformer of the same size as x1, plus a per-layer table), ``firing_rates.png`` and
@@ -23,8 +24,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--asr_train_config", type=Path, required=True)
-    parser.add_argument("--asr_model_file", type=Path, required=True)
+    parser.add_argument("--asr_train_config", type=Path, help="an ASR model's config.yaml")
+    parser.add_argument("--asr_model_file", type=Path)
+    parser.add_argument("--spk_train_config", type=Path,
+                        help="or a speaker model's config.yaml (spk_train)")
+    parser.add_argument("--spk_model_file", type=Path)
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data_dir", type=Path, help="Kaldi-style dir with wav.scp")
     data.add_argument("--data_path_and_name_and_type", type=str,
@@ -78,30 +82,42 @@ def read_utterances(args, limit: Optional[int]):
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    args = get_parser().parse_args(cmd)
+    parser = get_parser()
+    args = parser.parse_args(cmd)
+    if (args.asr_train_config is None) == (args.spk_train_config is None):
+        parser.error("give --asr_train_config/--asr_model_file or "
+                     "--spk_train_config/--spk_model_file")
+    task = "asr" if args.asr_train_config is not None else "spk"
+    config_path = args.asr_train_config or args.spk_train_config
+    model_path = args.asr_model_file or args.spk_model_file
+    if model_path is None:
+        parser.error(f"--{task}_model_file is required")
     from espnet_imlspike.bin.deploy import DeployError, load_trained_model
     from espnet_imlspike.energy.report import EnergyConstants
     from espnet_imlspike.energy.stage import build_report, measure, write_outputs
 
     try:
-        model, config = load_trained_model(args.asr_train_config, args.asr_model_file,
+        model, config = load_trained_model(config_path, model_path,
                                            encoders=("iml_spikeformer",
-                                                     "spike_driven_transformer"))
+                                                     "spike_driven_transformer"), task=task)
     except DeployError as error:
         sys.exit(f"energy_report: error: {error}")
     parameters = sum(p.numel() for p in model.parameters())
     measured = None
-    if args.deploy == "true" and config["encoder"] == "iml_spikeformer" and \
-            model.encoder.firing in ("imls", "mls"):
+    if args.deploy == "true" and task == "asr" and config["encoder"] == "iml_spikeformer" \
+            and model.encoder.firing in ("imls", "mls"):
         from espnet_imlspike.deploy import convert_encoder
 
         model.encoder = convert_encoder(model.encoder, "spike_train")
         model.encoder.counter.enabled = True
     utterances = read_utterances(args, args.max_utterances)
-    recorder, lengths = measure(
-        model, model.encoder, utterances, lambda m, x, n: m.encode(x, n),
-        total=len(utterances),
-    )
+    if task == "asr":
+        def run(m, x, n):
+            m.encode(x, n)
+    else:
+        def run(m, x, n):
+            m.encode_frame(m.extract_feats(x, n)[0])
+    recorder, lengths = measure(model, model.encoder, utterances, run, total=len(utterances))
     if measured is None and hasattr(model.encoder, "counter"):
         measured = model.encoder.counter.counts
     report, text = build_report(
@@ -110,7 +126,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
         model_name=config["encoder"], measured=measured,
         include_front=args.include_front == "true",
     )
-    if args.neurobench == "true":
+    if args.neurobench == "true" and task == "asr":
         from espnet_imlspike.energy.neurobench_metrics import neurobench_section
 
         section, values = neurobench_section(model, utterances)

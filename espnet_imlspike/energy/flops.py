@@ -122,8 +122,8 @@ def encoder_costs(
     Returns:
         The list of layer costs.
     """
-    size = encoder.output_size()
     first = encoder.encoders[0]
+    size = first.norm1.normalized_shape[0]  # model width (SPK MFA output_size() is wider)
     units = first.feed_forward.w_1.out_features
     features = _input_features(encoder)
     costs = conv_front_costs(encoder.embed, in_frames, features)

@@ -37,7 +37,10 @@ def measure(
     lengths: List[Tuple[int, int]] = []
 
     def frames_hook(module, inputs, output):
-        lengths.append((int(inputs[1][0]), int(output[1][0])))
+        # ASR encoders: (xs, ilens) -> (out, olens, None); SPK: xs -> (B, C, L')
+        in_frames = inputs[0].size(1)
+        out_frames = int(output[1][0]) if isinstance(output, tuple) else output.size(-1)
+        lengths.append((in_frames, out_frames))
 
     recorder = FiringRateRecorder(encoder, attention_maps=True)
     handle = encoder.register_forward_hook(frames_hook)
