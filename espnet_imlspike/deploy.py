@@ -32,7 +32,6 @@ from typeguard import typechecked
 from espnet_imlspike.attention import SDSA3, HDRepSSA, hierarchical_decay_mask
 from espnet_imlspike.attention import _merge_heads, _split_heads
 from espnet_imlspike.encoder import IMLSpikeformerEncoder
-from espnet_imlspike.layers import SpikingChannelMLP
 from espnet_imlspike.neurons import (
     InputAwareMultiLevelSpikeNeuron,
     MultiLevelSpikeNeuron,

@@ -3,9 +3,10 @@
 :func:`register_asr` and :func:`register_spk` are called with the freshly executed
 ``espnet2.tasks.asr`` / ``espnet2.tasks.spk`` module by the import hook
 (:mod:`espnet_imlspike.autoload`), so the stock ``espnet2.bin.asr_train`` and
-``espnet2.bin.asr_inference`` accept ``encoder: iml_spikeformer`` and
-``encoder: spike_driven_transformer``, and the stock ``espnet2.bin.spk_train``,
-``spk_embed_extract`` and ``spk_inference.Speech2Embedding`` accept
+``espnet2.bin.asr_inference`` accept ``encoder: iml_spikeformer``,
+``encoder: spike_driven_transformer`` and ``encoder: iml_spikeformer_deploy`` (the
+spike-driven inference form written by ``espnet_imlspike.bin.deploy``), and the stock
+``espnet2.bin.spk_train``, ``spk_embed_extract`` and ``spk_inference.Speech2Embedding`` accept
 ``encoder: iml_spikeformer``, ``spike_driven_transformer`` and ``transformer`` (ESPnet's
 SPK task has no Transformer encoder of its own), with no import added by the user.
 """

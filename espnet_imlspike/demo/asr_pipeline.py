@@ -11,7 +11,6 @@ models, and print one comparison table.
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 import soundfile
 
 from espnet_imlspike.demo.kaldi_data import read_kaldi_map
+from espnet_imlspike.demo.stage import run_stage
 from espnet_imlspike.demo.tone_corpus import LETTERS
 
 TOKENS = ["<blank>", "<unk>", *LETTERS, "<sos/eos>"]
@@ -65,7 +65,7 @@ def bpe_tokens(out_dir: Path, train_dir: Path, vocab_size: int) -> TokenSetup:
         model_prefix=str(token_dir / "bpe"), character_coverage=1.0,
         input_sentence_size=100000000, minloglevel=2,
     )
-    run(
+    run_stage(
         [sys.executable, "-m", "espnet2.bin.tokenize_text", "--token_type", "bpe",
          "--bpemodel", str(token_dir / "bpe.model"), "--input", str(train_dir / "text"),
          "--output", str(token_dir / "tokens.txt"), "--field", "2-",
@@ -108,17 +108,6 @@ def character_error_rate(ref: Dict[str, str], hyp: Dict[str, str]) -> float:
     return error_rates(ref, hyp)["cer"]
 
 
-def run(command: List[str], log: Path) -> None:
-    """Run one stage, logging to a file; fail with the log tail on error."""
-    print("+", " ".join(command), f"> {log}", flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = "".join(open(log).readlines()[-30:])
-        raise RuntimeError(f"stage failed ({done.returncode}): see {log}\n{tail}")
-
-
 def data_args(
     prefix: str, data_dir: Path, shape_dir: Optional[Path], token_type: str
 ) -> List[str]:
@@ -143,7 +132,7 @@ def collect_stats(out_dir: Path, config: Path, dirs: Dict[str, Path], tokens: To
     kind = tokens.token_type
     for split in ("train", "valid"):
         write_shape_files(dirs[split], out_dir / "shapes" / split, kind)
-    run(
+    run_stage(
         [sys.executable, "-m", "espnet2.bin.asr_train", "--collect_stats", "true",
          "--config", str(config), *common,
          *data_args("train", dirs["train"], out_dir / "shapes" / "train", kind),
@@ -194,7 +183,7 @@ def train_and_decode(
     stats_dir = collect_stats(out_dir, config, dirs, tokens, common)
     exp_dir = out_dir / "exp" / tag
     kind = tokens.token_type
-    run(
+    run_stage(
         [python, "-m", "espnet2.bin.asr_train", "--config", str(config), *common,
          "--normalize", "global_mvn",
          "--normalize_conf", f"stats_file={stats_dir}/train/feats_stats.npz",
@@ -205,7 +194,7 @@ def train_and_decode(
         out_dir / "logs" / f"train_{tag}.log",
     )
     decode_dir = out_dir / "decode" / tag
-    run(
+    run_stage(
         [python, "-m", "espnet2.bin.asr_inference", "--ngpu", str(ngpu),
          "--asr_train_config", str(exp_dir / "config.yaml"),
          "--asr_model_file", str(exp_dir / "valid.acc.best.pth"),
@@ -223,7 +212,7 @@ def train_and_decode(
 def energy_report(out_dir: Path, exp_dir: Path, test_dir: Path, tag: str) -> Dict:
     """Run the energy-report stage on a trained spiking model; return its JSON."""
     report_dir = out_dir / "energy" / tag
-    run(
+    run_stage(
         [sys.executable, "-m", "espnet_imlspike.bin.energy_report",
          "--asr_train_config", str(exp_dir / "config.yaml"),
          "--asr_model_file", str(exp_dir / "valid.acc.best.pth"),

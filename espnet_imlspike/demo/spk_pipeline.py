@@ -17,28 +17,18 @@ arguments ``egs2/TEMPLATE/spk1/spk.sh`` gives them (one job, CPU):
 
 import argparse
 import itertools
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from espnet_imlspike.demo.kaldi_data import read_kaldi_map as read_map
+from espnet_imlspike.demo.stage import run_stage
 from espnet_imlspike.demo.tone_corpus import make_corpus
 
 FOLD_LENGTH = "120000"  # spk.sh's default fold_length (samples)
-
-
-def read_map(path: Path) -> Dict[str, str]:
-    """Read a Kaldi-style 'key value...' file into a dict (insertion order kept)."""
-    entries = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition(" ")
-            if key:
-                entries[key] = value
-    return entries
 
 
 def subset_data_dir(src: Path, dst: Path, speakers: Sequence[str]) -> Path:
@@ -114,17 +104,6 @@ def make_speaker_corpus(
     }
     write_trials(dirs["test"])
     return dirs
-
-
-def run_stage(command: List[str], log: Path) -> None:
-    """Run one stage, logging to a file; fail with the log tail on error."""
-    print("+", " ".join(command), f"> {log}", flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = "".join(open(log).readlines()[-30:])
-        raise RuntimeError(f"stage failed ({done.returncode}): see {log}\n{tail}")
 
 
 def collect_stats(out_dir: Path, config: Path, dirs: Dict[str, Path]) -> Path:

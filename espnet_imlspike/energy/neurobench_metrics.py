@@ -20,7 +20,7 @@ Definitions differ from ours, so equality holds only where they coincide:
   averaged over batches (here one utterance each) rather than pooled.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 
