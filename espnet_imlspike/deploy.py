@@ -394,32 +394,18 @@ class IMLSpikeformerDeployEncoder(IMLSpikeformerEncoder):
 
     def _count_dense_parts(self, xs_pad, ilens, olens) -> None:
         """MACs of the real-valued front and element ops outside the deploy modules."""
+        from espnet_imlspike.energy.flops import conv_front_costs
+
         size = self.output_size()
         frames = int(olens.sum())
         counter = self.counter
-        if isinstance(self.embed, torch.nn.Sequential):
-            counter.add("embed", "mac", int(ilens.sum()) * self.input_size * size)
-        else:
-            features = xs_pad.size(-1)
-            for length, in_frames in zip(olens.tolist(), ilens.tolist()):
-                counter.add("embed", "mac", _conv_macs(self.embed, in_frames, features))
-                counter.add("embed", "mac", length * self.embed.out[0].in_features * size)
+        for in_frames in ilens.tolist():
+            for cost in conv_front_costs(self.embed, in_frames, self.input_size):
+                counter.add("embed", "mac", cost.flops)
         counter.add("embed", "other", frames * size)  # positional encoding
         norms = 2 * len(self.encoders) + (1 if self.normalize_before else 0)
         counter.add("layer_norm", "other", 5 * norms * frames * size)
         counter.add("residual", "other", 2 * len(self.encoders) * frames * size)
-
-
-def _conv_macs(embed, in_frames: int, features: int) -> int:
-    """Multiply-accumulates of ESPnet's Conv2dSubsampling* for one utterance."""
-    macs, frames, freq = 0, in_frames, features
-    for layer in embed.conv:
-        if isinstance(layer, torch.nn.Conv2d):
-            kernel, stride = layer.kernel_size[0], layer.stride[0]
-            frames = (frames - kernel) // stride + 1
-            freq = (freq - kernel) // stride + 1
-            macs += frames * freq * layer.out_channels * layer.in_channels * kernel * kernel
-    return macs
 
 
 @torch.no_grad()
