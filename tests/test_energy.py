@@ -207,6 +207,12 @@ def test_energy_report_cli_end_to_end(tiny_iml_asr, tmp_path):
             assert layer["estimated_ac"] == pytest.approx(measured[layer["name"]])
     for png in ("firing_rates.png", "attention_maps.png"):
         assert (tmp_path / "energy" / png).stat().st_size > 10_000
+    import numpy as np
+
+    per_neuron = np.load(tmp_path / "energy/firing_rates.npz")
+    for name, firing in report["firing"].items():
+        # the layer rate is the mean of its per-neuron rates (all neurons see every frame)
+        assert per_neuron[name].mean() == pytest.approx(firing["rate"])
     assert "| Transformer (ANN, same size) | no |" in (tmp_path / "energy/energy.md").read_text()
 
 

@@ -170,11 +170,17 @@ def _merge(first: Dict, second: Dict) -> Dict:
 
 def write_outputs(report: Dict, text: str, recorder: FiringRateRecorder,
                   output_dir: Path, plots: bool = True) -> List[Path]:
-    """energy.json, energy.md and (optionally) firing_rates.png, attention_maps.png."""
+    """energy.json, energy.md, firing_rates.npz (per-neuron rates of every neuron layer)
+    and (optionally) firing_rates.png, attention_maps.png."""
+    import numpy as np
+
     from espnet_imlspike.energy.plots import plot_attention_maps, plot_firing_rates
 
     write_report(report, output_dir, text)
-    written = [output_dir / "energy.json", output_dir / "energy.md"]
+    np.savez(output_dir / "firing_rates.npz",
+             **{name: layer.per_neuron_rate().numpy() for name, layer in recorder.layers.items()})
+    written = [output_dir / "energy.json", output_dir / "energy.md",
+               output_dir / "firing_rates.npz"]
     if plots:
         plot_firing_rates(recorder.layers, output_dir / "firing_rates.png")
         written.append(output_dir / "firing_rates.png")
