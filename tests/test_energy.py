@@ -241,3 +241,16 @@ def test_energy_report_cli_bad_inputs(tiny_iml_asr, tmp_path):
     assert empty.returncode != 0 and "lists no utterances" in empty.stderr
     nodir = report(exp / "config.yaml", exp / "valid.acc.best.pth", tmp_path / "nowhere")
     assert nodir.returncode != 0 and "wav.scp: no such file" in nodir.stderr
+
+
+def test_include_front_adds_exactly_the_front_energy_to_both_models():
+    encoder = IMLSpikeformerEncoder(16, output_size=8, attention_heads=2, linear_units=16,
+                                    num_blocks=1)
+    recorder, lengths = measure(encoder, encoder, [("a", torch.randn(30, 16))],
+                                lambda m, x, n: m(x, n), progress=False)
+    blocks, _ = build_report(encoder, recorder, lengths, 1)
+    with_front, text = build_report(encoder, recorder, lengths, 1, include_front=True)
+    for index in range(2):
+        assert with_front["models"][index]["energy_mj"] == pytest.approx(
+            blocks["models"][index]["energy_mj"] + blocks["front_energy_mj"])
+    assert "encoder with the convolutional front" in text

@@ -90,20 +90,20 @@ def build_report(
     rates = {name: layer.rate for name, layer in recorder.layers.items()}
     timesteps = encoder.timesteps
 
-    def costs(ann: bool, front: bool):
-        return [
-            [c for c in encoder_costs(encoder, i, o, ann=ann, fused_qk=fused_qk)
-             if c.name.startswith("embed.") == front]
-            for i, o in lengths
-        ]
+    def costs(ann: bool, keep):
+        return [[c for c in encoder_costs(encoder, i, o, ann=ann, fused_qk=fused_qk) if keep(c)]
+                for i, o in lengths]
+
+    def in_front(cost):
+        return cost.name.startswith("embed.")
+
+    def counted(cost):
+        return include_front or not in_front(cost)
 
     # The convolutional front sees real-valued features: identical MACs in both models.
-    front_energy = model_energy(costs(True, True), {}, 1, constants)["energy_mj"]
-    snn = model_energy(costs(False, include_front), rates, timesteps, constants)
-    ann = model_energy(costs(True, include_front), {}, 1, constants)
-    if include_front:  # costs() above kept only the front: add the blocks
-        snn = _merge(snn, model_energy(costs(False, False), rates, timesteps, constants))
-        ann = _merge(ann, model_energy(costs(True, False), {}, 1, constants))
+    front_energy = model_energy(costs(True, in_front), {}, 1, constants)["energy_mj"]
+    snn = model_energy(costs(False, counted), rates, timesteps, constants)
+    ann = model_energy(costs(True, counted), {}, 1, constants)
     for layer in snn["layers"]:
         if layer["operation"] == "AC":
             layer["estimated_ac"] = timesteps * layer["rate"] * layer["flops"] * len(lengths)
@@ -161,11 +161,6 @@ def build_report(
         totals,
     ]).rstrip() + "\n"
     return report, text
-
-
-def _merge(first: Dict, second: Dict) -> Dict:
-    return {"energy_mj": first["energy_mj"] + second["energy_mj"],
-            "layers": first["layers"] + second["layers"]}
 
 
 def write_outputs(report: Dict, text: str, recorder: FiringRateRecorder,
