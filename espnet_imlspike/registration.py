@@ -15,7 +15,10 @@ import sys
 from types import ModuleType
 from typing import Optional
 
-ASR_ENCODERS = ("iml_spikeformer", "spike_driven_transformer", "iml_spikeformer_deploy")
+def _add_encoders(task_module: ModuleType, classes: dict) -> None:
+    """Add ``classes`` to a task's ``encoder_choices``; names ESPnet has stay ESPnet's."""
+    for name, cls in classes.items():
+        task_module.encoder_choices.classes.setdefault(name, cls)
 
 
 def _asr_encoder_classes() -> dict:
@@ -40,12 +43,7 @@ def register_asr(module: Optional[ModuleType] = None) -> None:
     """
     if module is None:
         import espnet2.tasks.asr as module
-    choices = module.encoder_choices
-    for name, cls in _asr_encoder_classes().items():
-        choices.classes.setdefault(name, cls)
-
-
-SPK_ENCODERS = ("iml_spikeformer", "spike_driven_transformer", "transformer")
+    _add_encoders(module, _asr_encoder_classes())
 
 
 def _spk_encoder_classes() -> dict:
@@ -72,9 +70,7 @@ def register_spk(module: Optional[ModuleType] = None) -> None:
     """
     if module is None:
         import espnet2.tasks.spk as module
-    choices = module.encoder_choices
-    for name, cls in _spk_encoder_classes().items():
-        choices.classes.setdefault(name, cls)
+    _add_encoders(module, _spk_encoder_classes())
 
 
 REGISTRARS = {"espnet2.tasks.asr": register_asr, "espnet2.tasks.spk": register_spk}
