@@ -92,9 +92,48 @@ class HDRepSSA(torch.nn.Module):
         self.value_neuron = neuron()
         self.attention_neuron = neuron()
         self.dropout = torch.nn.Dropout(dropout_rate)
+        # None (auto): a fused FlexAttention kernel when compiling on CUDA in half
+        # precision, the explicit map otherwise; True/False force one path.
+        self.fused_attention: Optional[bool] = None
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, decay={self.decay}"
+
+    def _use_fused(self, x: torch.Tensor, queries: torch.Tensor) -> bool:
+        if self.variant != "softmax" or (self.training and self.dropout.p > 0):
+            return False
+        if self.fused_attention is not None:
+            return self.fused_attention
+        # FlexAttention only pays off with half-precision tensor cores (fp32 measured slower)
+        half = queries.dtype in (torch.float16, torch.bfloat16)
+        return half and x.is_cuda and torch.compiler.is_compiling()
+
+    def _queries_keys(self, x: torch.Tensor):
+        return (_split_heads(self.linear_q(x), self.heads),
+                _split_heads(self.linear_k(x), self.heads))
+
+    def fused_softmax_context(
+        self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """``softmax((A * H) / sqrt(d_k)) V_s`` per head in one FlexAttention kernel.
+
+        The decay and the key padding are applied as a ``score_mod`` to the scaled scores
+        (the same map as :meth:`attention_map`, never materialised).
+        """
+        from torch.nn.attention.flex_attention import flex_attention
+
+        lengths = valid.sum(1)
+        log_phi = None if self.decay is None else math.log(self.decay)
+
+        def score_mod(score, batch, head, q_idx, kv_idx):
+            if log_phi is not None:
+                distance = (q_idx - kv_idx).abs().to(torch.float32)
+                score = score * torch.exp(distance * log_phi).to(score.dtype)
+            return torch.where(kv_idx < lengths[batch], score, float("-inf"))
+
+        return flex_attention(
+            q, k, values.to(q.dtype), score_mod=score_mod, scale=1 / math.sqrt(self.d_k)
+        )
 
     def attention_map(
         self, x: torch.Tensor, valid: torch.Tensor
@@ -103,12 +142,13 @@ class HDRepSSA(torch.nn.Module):
 
         Padded keys get weight 0 in both variants.
         """
-        q = _split_heads(self.linear_q(x), self.heads)
-        k = _split_heads(self.linear_k(x), self.heads)
+        return self._weights(*self._queries_keys(x), valid)
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         scores = torch.matmul(q, k.transpose(-2, -1))
         if self.decay is not None:
             scores = scores * hierarchical_decay_mask(
-                x.size(1), self.decay, x.device, scores.dtype
+                q.size(2), self.decay, q.device, scores.dtype
             )
         key_padding = ~valid[:, None, None, :]
         if self.variant == "softmax":
@@ -130,10 +170,13 @@ class HDRepSSA(torch.nn.Module):
         Returns:
             Output (N, L, D) of ``W_out``.
         """
-        weights = self.dropout(self.attention_map(x, valid))
+        q, k = self._queries_keys(x)
         values = _split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
-        context = _merge_heads(torch.matmul(weights, values))
-        return self.linear_out(self.attention_neuron(context, valid))
+        if self._use_fused(x, q):
+            context = self.fused_softmax_context(q, k, valid, values)
+        else:
+            context = torch.matmul(self.dropout(self._weights(q, k, valid)), values)
+        return self.linear_out(self.attention_neuron(_merge_heads(context), valid))
 
 
 class SDSA3(torch.nn.Module):

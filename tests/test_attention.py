@@ -9,6 +9,7 @@ import torch
 from espnet_imlspike.attention import (
     SDSA3,
     HDRepSSA,
+    _split_heads,
     decay_factor,
     hierarchical_decay_mask,
     make_attention,
@@ -130,3 +131,25 @@ def test_make_attention_names_and_decay_layers():
         make_attention("softmax", 8, 2, mls_neuron, layer=1)
     with pytest.raises(ValueError, match="attention_heads=3"):
         make_attention("hd_repssa_softmax", 8, 3, mls_neuron, layer=1)
+
+
+@pytest.mark.parametrize("phi", [None, 0.9])
+def test_fused_flex_attention_context_equals_the_explicit_map(phi):
+    """The FlexAttention path (used when compiling on CUDA) computes the same context."""
+    torch.manual_seed(3)
+    module = HDRepSSA(8, 2, mls_neuron, "softmax", phi).eval()
+    x = torch.randint(0, T + 1, (2, 9, 8)).float()
+    valid = torch.tensor([[1] * 9, [1] * 6 + [0] * 3], dtype=torch.bool)
+    with torch.no_grad():
+        values = _split_heads(module.value_neuron(module.linear_v(x), valid), 2)
+        explicit = module.attention_map(x, valid) @ values
+        fused = module.fused_softmax_context(*module._queries_keys(x), valid, values)
+    rows = valid[:, None, :, None].expand_as(fused)
+    assert torch.allclose(fused[rows], explicit[rows], atol=1e-5)
+    module.fused_attention = True
+    with torch.no_grad():
+        forced = module(x, valid)
+    module.fused_attention = False
+    with torch.no_grad():
+        plain = module(x, valid)
+    assert torch.allclose(forced[valid], plain[valid], atol=1e-5)
