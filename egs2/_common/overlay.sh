@@ -40,3 +40,21 @@ energy_stage() {
     --"${task}"_train_config "$exp/config.yaml" --"${task}"_model_file "$exp/$model" \
     --data_path_and_name_and_type "$data/wav.scp,speech,$type" --output_dir "$exp/energy"
 }
+
+# parse_asr_args ARGS...: the options an ASR overlay handles itself; sets asr_config,
+# inference_config, audio_format, inference_model, skip_energy (defaults set by the caller
+# beforehand) and leaves every other option in the array ${args[@]} for asr.sh.
+parse_asr_args() {
+  args=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --asr_config) asr_config=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
+      --inference_config) inference_config=$2; shift 2 ;;
+      --audio_format) audio_format=$2; shift 2 ;;
+      --inference_asr_model) inference_model=$2; shift 2 ;;
+      --skip_energy) skip_energy=$2; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [ -f "$asr_config" ] || { echo "error: --asr_config $asr_config: no such file" >&2; return 1; }
+}

@@ -19,18 +19,7 @@ audio_format=flac.ark
 inference_model=valid.acc.ave.pth
 skip_energy=false
 python=${python:-python3}
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --asr_config) asr_config=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
-    --inference_config) inference_config=$2; shift 2 ;;
-    --audio_format) audio_format=$2; shift 2 ;;
-    --inference_asr_model) inference_model=$2; shift 2 ;;
-    --skip_energy) skip_energy=$2; shift 2 ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
-[ -f "$asr_config" ] || { echo "error: --asr_config $asr_config: no such file" >&2; exit 1; }
+parse_asr_args "$@"
 recipe=$(espnet_recipe librispeech/asr1 asr.sh)
 tag=$(basename "$asr_config" .yaml)
 cd "$recipe"
