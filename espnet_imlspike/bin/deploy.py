@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import yaml
 
+from espnet_imlspike.model_loading import ModelLoadError, load_trained_model
+
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,59 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class DeployError(Exception):
+class DeployError(ModelLoadError):
     """A model that cannot be converted, with the reason."""
-
-
-def load_trained_model(config_path: Path, model_path: Path,
-                       encoders=("iml_spikeformer",), task: str = "asr"):
-    """Build an ESPnet model from its config and load the checkpoint strictly.
-
-    Args:
-        config_path: config.yaml written by asr_train / spk_train.
-        model_path: Checkpoint.
-        encoders: Encoder names accepted.
-        task: "asr" or "spk".
-
-    Returns:
-        (model, config dict)
-    """
-    import torch
-
-    if task == "spk":
-        from espnet2.tasks.spk import SpeakerTask as Task
-    else:
-        from espnet2.tasks.asr import ASRTask as Task
-
-    for path, what in ((config_path, f"--{task}_train_config"),
-                       (model_path, f"--{task}_model_file")):
-        if not path.is_file():
-            raise DeployError(f"{what} {path}: no such file")
-    config = yaml.safe_load(config_path.read_text())
-    if not isinstance(config, dict) or "encoder" not in config:
-        raise DeployError(f"{config_path} is not an ESPnet {task.upper()} training config")
-    if config["encoder"] not in encoders:
-        raise DeployError(
-            f"{config_path}: encoder is {config['encoder']!r}; only "
-            f"{' / '.join(encoders)} models are accepted (no spiking neurons otherwise)"
-        )
-    model, _ = Task.build_model_from_file(config_path, None, "cpu")
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict):
-        raise DeployError(f"{model_path} is not a state dict")
-    # ESPnet loads with strict=False; a mismatch must not pass silently here.
-    result = model.load_state_dict(state, strict=False)
-    shape_errors = [
-        k for k, v in state.items()
-        if k in model.state_dict() and model.state_dict()[k].shape != v.shape
-    ]
-    if result.missing_keys or result.unexpected_keys or shape_errors:
-        raise DeployError(
-            f"{model_path} does not match {config_path}: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}, "
-            f"wrong shape {shape_errors[:5]}"
-        )
-    return model, config
 
 
 def convert(config_path: Path, model_path: Path, output_dir: Path, execution: str) -> str:
@@ -128,7 +79,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     try:
         print(convert(args.asr_train_config, args.asr_model_file, args.output_dir,
                       args.execution))
-    except DeployError as error:
+    except ModelLoadError as error:  # DeployError included
         sys.exit(f"deploy: error: {error}")
 
 

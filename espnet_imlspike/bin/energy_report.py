@@ -92,7 +92,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     model_path = args.asr_model_file or args.spk_model_file
     if model_path is None:
         parser.error(f"--{task}_model_file is required")
-    from espnet_imlspike.bin.deploy import DeployError, load_trained_model
+    from espnet_imlspike.model_loading import ModelLoadError, load_trained_model
     from espnet_imlspike.energy.report import EnergyConstants
     from espnet_imlspike.energy.stage import build_report, measure, write_outputs
 
@@ -100,7 +100,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
         model, config = load_trained_model(config_path, model_path,
                                            encoders=("iml_spikeformer",
                                                      "spike_driven_transformer"), task=task)
-    except DeployError as error:
+    except ModelLoadError as error:
         sys.exit(f"energy_report: error: {error}")
     parameters = sum(p.numel() for p in model.parameters())
     measured = None

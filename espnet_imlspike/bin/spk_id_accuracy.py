@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     """
     from espnet2.tasks.spk import encoder_choices
 
-    from espnet_imlspike.bin.deploy import load_trained_model
+    from espnet_imlspike.model_loading import load_trained_model
     from espnet_imlspike.demo.spk_identification import identify, speaker_label_mapping
 
     model, config = load_trained_model(
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    from espnet_imlspike.bin.deploy import DeployError
+    from espnet_imlspike.model_loading import ModelLoadError
     from espnet_imlspike.demo.spk_identification import IdentificationError
 
     args = get_parser().parse_args(cmd)
@@ -136,7 +136,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
         sys.exit("spk_id_accuracy: error: --batch_size must be >= 1")
     try:
         report = run(args)
-    except (DeployError, IdentificationError, FileNotFoundError, ValueError,
+    except (ModelLoadError, IdentificationError, FileNotFoundError, ValueError,
             yaml.YAMLError) as error:
         sys.exit(f"spk_id_accuracy: error: {error}")
     print(report["summary"])
