@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import torch
 from typeguard import typechecked
 
+from espnet_imlspike.errors import OptionError
+
 ATTENTION_TYPES = (
     "hd_repssa_softmax",
     "hd_repssa_linear",
@@ -19,6 +21,7 @@ ATTENTION_TYPES = (
     "repssa_linear",
     "sdsa3",
 )
+LINEAR_NORMS = ("none", "valid_keys")
 
 
 def decay_factor(layer: int) -> float:
@@ -62,7 +65,13 @@ class HDRepSSA(torch.nn.Module):
         variant: "softmax" or "linear".
         decay: phi(l) of the HDM, or None for plain RepSSA.
         dropout_rate: Dropout on the softmax attention weights.
+        linear_norm: Linear variant only: "none" (Eq. 13 as written, the default:
+            exact to the paper) or "valid_keys" (``A' V_s`` divided by the number of
+            valid keys, so the attention neuron's input, and with a frozen eval
+            threshold its saturation, does not grow with the utterance length).
     """
+
+    kind = "repssa"  # read by the FLOPs counter (energy report)
 
     @typechecked
     def __init__(
@@ -73,18 +82,24 @@ class HDRepSSA(torch.nn.Module):
         variant: str = "softmax",
         decay: Optional[float] = None,
         dropout_rate: float = 0.0,
+        linear_norm: str = "none",
     ):
         super().__init__()
         if size % heads != 0:
-            raise ValueError(f"attention_heads={heads} must divide output_size={size}")
+            raise OptionError(f"attention_heads={heads} must divide output_size={size}")
         if variant not in ("softmax", "linear"):
-            raise ValueError(f"variant must be softmax or linear, got {variant!r}")
+            raise OptionError(f"variant must be softmax or linear, got {variant!r}")
         if decay is not None and not 0.0 < decay <= 1.0:
-            raise ValueError(f"decay factor must be in (0, 1], got {decay}")
+            raise OptionError(f"decay factor must be in (0, 1], got {decay}")
+        if linear_norm not in LINEAR_NORMS:
+            raise OptionError(
+                f"linear_attention_norm must be one of {LINEAR_NORMS}, got {linear_norm!r}"
+            )
         self.heads = heads
         self.d_k = size // heads
         self.variant = variant
         self.decay = decay
+        self.linear_norm = linear_norm
         self.linear_q = torch.nn.Linear(size, size)
         self.linear_k = torch.nn.Linear(size, size)
         self.linear_v = torch.nn.Linear(size, size)
@@ -97,7 +112,7 @@ class HDRepSSA(torch.nn.Module):
         self.fused_attention: Optional[bool] = None
 
     def extra_repr(self) -> str:
-        return f"variant={self.variant}, decay={self.decay}"
+        return f"variant={self.variant}, decay={self.decay}, linear_norm={self.linear_norm}"
 
     def _use_fused(self, x: torch.Tensor, queries: torch.Tensor) -> bool:
         if self.variant != "softmax" or (self.training and self.dropout.p > 0):
@@ -158,6 +173,9 @@ class HDRepSSA(torch.nn.Module):
             weights = torch.softmax(scores, dim=-1)
         else:
             weights = scores
+            if self.linear_norm == "valid_keys":
+                keys = valid.sum(-1).clamp(min=1).to(scores.dtype)
+                weights = weights / keys[:, None, None, None]
         return weights.masked_fill(key_padding, 0.0)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -192,8 +210,13 @@ class SDSA3(torch.nn.Module):
         size: Model dimension D.
         heads: Number of heads (must divide D).
         neuron: Factory returning a spiking neuron for D channels.
-        scale: Multiplier of ``Q_s K_s^T V_s``.
+        scale: Multiplier of ``Q_s K_s^T V_s`` (> 0).
+
+    The products are formed in float32 even under autocast: with multi-level spike
+    counts ``Q_s (K_s^T V_s)`` exceeds the float16 range at a few hundred frames.
     """
+
+    kind = "sdsa3"  # read by the FLOPs counter (energy report)
 
     @typechecked
     def __init__(
@@ -205,7 +228,9 @@ class SDSA3(torch.nn.Module):
     ):
         super().__init__()
         if size % heads != 0:
-            raise ValueError(f"attention_heads={heads} must divide output_size={size}")
+            raise OptionError(f"attention_heads={heads} must divide output_size={size}")
+        if not scale > 0:
+            raise OptionError(f"sdsa_scale must be > 0, got {scale}")
         self.heads = heads
         self.scale = scale
         self.linear_q = torch.nn.Linear(size, size)
@@ -234,8 +259,16 @@ class SDSA3(torch.nn.Module):
         q = _split_heads(self.query_neuron(self.linear_q(x), valid), self.heads)
         k = _split_heads(self.key_neuron(self.linear_k(x), valid) * keep, self.heads)
         v = _split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
-        context = torch.matmul(q, torch.matmul(k.transpose(-2, -1), v)) * self.scale
-        return self.linear_out(self.attention_neuron(_merge_heads(context), valid))
+        context = sdsa_context(q, k, v, self.scale)
+        spikes = self.attention_neuron(_merge_heads(context), valid)
+        return self.linear_out(spikes.to(x.dtype))
+
+
+def sdsa_context(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """``scale * Q (K^T V)`` per head, in float32 whatever the autocast dtype."""
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.float(), k.float(), v.float()
+        return torch.matmul(q * scale, torch.matmul(k.transpose(-2, -1), v))
 
 
 @typechecked
@@ -247,6 +280,7 @@ def make_attention(
     layer: int,
     dropout_rate: float = 0.0,
     sdsa_scale: float = 0.125,
+    linear_norm: str = "none",
 ) -> torch.nn.Module:
     """Build a spiking self-attention module by name.
 
@@ -258,6 +292,7 @@ def make_attention(
         layer: Layer index l of the HDM decay factor ``phi(l) = 1 - 2^(-5-l)``.
         dropout_rate: Attention-weight dropout (softmax variants).
         sdsa_scale: Scale of SDSA-3.
+        linear_norm: Normalisation of the linear HD-RepSSA variants.
 
     Returns:
         The attention module.
@@ -267,5 +302,5 @@ def make_attention(
     if attention in ATTENTION_TYPES:
         decay = decay_factor(layer) if attention.startswith("hd_") else None
         variant = attention.rsplit("_", 1)[1]
-        return HDRepSSA(size, heads, neuron, variant, decay, dropout_rate)
-    raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")
+        return HDRepSSA(size, heads, neuron, variant, decay, dropout_rate, linear_norm)
+    raise OptionError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")

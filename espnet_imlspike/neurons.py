@@ -1,6 +1,7 @@
 """Spiking neuron layers of IML-Spikeformer (paper Sec. III-A and IV).
 
-Three firing mechanisms share one interface, ``neuron(x, valid) -> spikes``:
+Every neuron derives from :class:`SpikingNeuron` and has one interface,
+``neuron(x, valid) -> spikes``:
 
 * :class:`MultiLevelSpikeNeuron` (MLS, Eq. 7-8): the T-step firing of an IF neuron
   with soft reset that receives its input only at the first step, simulated in a single
@@ -17,6 +18,7 @@ unpadded frames. Multi-level spikes are returned as integer spike counts in ``{0
 binary spike trains without folding any scale into its weights (Eq. 9).
 """
 
+import logging
 import math
 from typing import Optional
 
@@ -24,7 +26,32 @@ import torch
 import torch.distributed as dist
 from typeguard import typechecked
 
+from espnet_imlspike.errors import OptionError
+
 FIRING_TYPES = ("imls", "mls", "multistep")
+
+
+def check_timesteps(timesteps: int) -> None:
+    if timesteps < 1:
+        raise OptionError(f"timesteps must be >= 1, got {timesteps}")
+
+
+def check_threshold(threshold: float) -> None:
+    if not threshold > 0:
+        raise OptionError(f"threshold must be > 0, got {threshold}")
+
+
+class SpikingNeuron(torch.nn.Module):
+    """Base type of every spiking neuron layer (training, deploy and baseline forms).
+
+    Subclasses implement ``forward(x, valid) -> spikes`` and set ``timesteps``.
+    ``multistep`` tells how the output reads: False, one multi-level spike count in
+    ``{0..T}`` per frame; True, binary spikes with the T steps folded into the leading
+    dimension (time outermost). Firing-rate hooks and the energy report rely on this type.
+    """
+
+    timesteps: int = 1
+    multistep: bool = False
 
 
 def multi_level_fire(u: torch.Tensor, timesteps: int) -> torch.Tensor:
@@ -62,7 +89,7 @@ class _AtanHeaviside(torch.autograd.Function):
         return grad_output * grad, None
 
 
-class MultiLevelSpikeNeuron(torch.nn.Module):
+class MultiLevelSpikeNeuron(SpikingNeuron):
     """MLS firing with a fixed threshold (Eq. 7-8): ``floor(clip(x / theta, 0, T))``.
 
     Args:
@@ -73,10 +100,8 @@ class MultiLevelSpikeNeuron(torch.nn.Module):
     @typechecked
     def __init__(self, timesteps: int, threshold: float = 1.0):
         super().__init__()
-        if timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
+        check_timesteps(timesteps)
+        check_threshold(threshold)
         self.timesteps = timesteps
         self.threshold = threshold
 
@@ -98,7 +123,7 @@ class MultiLevelSpikeNeuron(torch.nn.Module):
         return multi_level_fire(x / self.threshold, self.timesteps)
 
 
-class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
+class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
     """IMLS firing (Eq. 10-11): MLS with an input-aware channel-wise threshold.
 
     In training, ``Lambda`` is the per-channel maximum of the input over batch and time,
@@ -107,12 +132,20 @@ class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
     ``Lambda / T``). The running average ``Lambda~ <- (1 - alpha) Lambda~ + alpha Lambda``
     (buffer ``running_max``, saved in checkpoints) replaces ``Lambda`` in evaluation; the
     first training batch initialises it. ``Lambda`` is a statistic, so no gradient flows
-    through it (as for a threshold). Channels whose maximum is not positive cannot fire:
-    their ``Lambda`` is floored at ``eps`` so nothing divides by zero.
+    through it (as for a threshold).
 
-    Under ``torch.distributed`` the batch maximum is all-reduced (MAX) across ranks
-    before use, so every rank fires with the global statistics and keeps the same
-    buffer (DDP broadcasts rank 0's buffers each step).
+    Choices where the paper is silent:
+
+    * A batch whose maxima are not all finite (an overflowing or NaN activation) leaves
+      the statistics untouched, as if it had not been seen: ESPnet's trainer skips the
+      optimizer step of such a batch, and one bad batch must not poison every later eval.
+      The check runs on the device (no host synchronisation).
+    * Channels whose maximum is not positive cannot fire: their ``Lambda`` is floored at
+      ``eps`` in training (no division by zero), and a channel whose running statistic
+      never rose above ``eps`` stays silent in evaluation too.
+    * Under ``torch.distributed`` the batch maximum is all-reduced (MAX) across ranks
+      before use, so every rank fires with the global statistics and keeps the same
+      buffer (DDP broadcasts rank 0's buffers each step).
 
     Args:
         channels: Number of channels C (size of the last input dimension).
@@ -130,16 +163,16 @@ class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
         eps: float = 1e-6,
     ):
         super().__init__()
-        if timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        check_timesteps(timesteps)
         if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+            raise OptionError(f"momentum must be in (0, 1], got {momentum}")
         self.channels = channels
         self.timesteps = timesteps
         self.momentum = momentum
         self.eps = eps
         self.register_buffer("running_max", torch.ones(channels))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        self._calibration_checked = False
 
     def extra_repr(self) -> str:
         return (
@@ -150,14 +183,47 @@ class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
     def batch_max(
         self, x: torch.Tensor, valid: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Per-channel maximum of ``x`` over valid frames (Eq. 10), at least float32."""
+        """Per-channel maximum of ``x`` over valid frames (Eq. 10), at least float32.
+
+        A NaN maximum is returned as +inf, so that it survives a MAX all-reduce.
+        """
         x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
         if valid is not None:
             x = x.masked_fill(~valid.unsqueeze(-1), float("-inf"))
         peak = x.reshape(-1, x.size(-1)).amax(dim=0)
+        peak = torch.nan_to_num(peak, nan=float("inf"), posinf=float("inf"))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         return peak.clamp(min=self.eps)
+
+    @torch.no_grad()
+    def update_statistics(self, peak: torch.Tensor) -> None:
+        """Eq. 11 running average, skipped entirely for a batch with a non-finite max."""
+        usable = torch.isfinite(peak).all()
+        stat = peak.to(self.running_max.dtype)
+        first = self.num_batches_tracked == 0
+        updated = torch.where(first, stat, torch.lerp(self.running_max, stat, self.momentum))
+        self.running_max.copy_(torch.where(usable, updated, self.running_max))
+        self.num_batches_tracked.add_(usable.to(self.num_batches_tracked.dtype))
+
+    def eval_threshold(self) -> torch.Tensor:
+        """Lambda~ for evaluation; +inf (silent) for channels that never fired."""
+        self._warn_if_uncalibrated()
+        return torch.where(
+            self.running_max > self.eps,
+            self.running_max,
+            torch.full_like(self.running_max, float("inf")),
+        )
+
+    def _warn_if_uncalibrated(self) -> None:
+        if self._calibration_checked or torch.compiler.is_compiling():
+            return
+        self._calibration_checked = True
+        if int(self.num_batches_tracked) == 0:
+            logging.warning(
+                "IMLS neuron evaluated before any training batch updated its threshold "
+                "statistics (running_max is its initial value): outputs are uncalibrated"
+            )
 
     def forward(
         self, x: torch.Tensor, valid: Optional[torch.Tensor] = None
@@ -173,19 +239,19 @@ class InputAwareMultiLevelSpikeNeuron(torch.nn.Module):
         """
         if self.training:
             peak = self.batch_max(x, valid)
-            with torch.no_grad():
-                first = self.num_batches_tracked == 0
-                peak_stat = peak.to(self.running_max.dtype)
-                blended = torch.lerp(self.running_max, peak_stat, self.momentum)
-                self.running_max.copy_(torch.where(first, peak_stat, blended))
-                self.num_batches_tracked.add_(1)
+            self.update_statistics(peak)
         else:
-            peak = self.running_max.clamp(min=self.eps)
+            peak = self.eval_threshold()
         # x / Lambda first: the channel maximum then maps to exactly T spikes.
         return multi_level_fire(x / peak.to(x.dtype) * self.timesteps, self.timesteps)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        # a loaded checkpoint may carry calibrated statistics: check again at next eval
+        self._calibration_checked = False
+        super()._load_from_state_dict(*args, **kwargs)
 
-class MultiStepIFNeuron(torch.nn.Module):
+
+class MultiStepIFNeuron(SpikingNeuron):
     """Iterative T-step IF/LIF neuron with soft reset (Eq. 1-3), for BPTT training.
 
     The input holds T time steps folded into the leading dimension, ``(T * B, L, C)``
@@ -197,8 +263,10 @@ class MultiStepIFNeuron(torch.nn.Module):
         timesteps: T, the number of simulated steps.
         threshold: Firing threshold theta (> 0).
         leak: beta in [0, 1]; 1 gives the IF neuron, < 1 the LIF neuron.
-        surrogate_alpha: Sharpness of the arctan surrogate gradient.
+        surrogate_alpha: Sharpness of the arctan surrogate gradient (>= 0).
     """
+
+    multistep = True
 
     @typechecked
     def __init__(
@@ -209,12 +277,12 @@ class MultiStepIFNeuron(torch.nn.Module):
         surrogate_alpha: float = 2.0,
     ):
         super().__init__()
-        if timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
+        check_timesteps(timesteps)
+        check_threshold(threshold)
         if not 0.0 <= leak <= 1.0:
-            raise ValueError(f"leak must be in [0, 1], got {leak}")
+            raise OptionError(f"leak must be in [0, 1], got {leak}")
+        if not surrogate_alpha >= 0:
+            raise OptionError(f"surrogate_alpha must be >= 0, got {surrogate_alpha}")
         self.timesteps = timesteps
         self.threshold = threshold
         self.leak = leak
@@ -260,7 +328,7 @@ def make_neuron(
     threshold: float = 1.0,
     leak: float = 1.0,
     surrogate_alpha: float = 2.0,
-) -> torch.nn.Module:
+) -> SpikingNeuron:
     """Build one spiking neuron layer by firing name.
 
     Args:
@@ -281,4 +349,4 @@ def make_neuron(
         return MultiLevelSpikeNeuron(timesteps, threshold)
     if firing == "multistep":
         return MultiStepIFNeuron(timesteps, threshold, leak, surrogate_alpha)
-    raise ValueError(f"firing must be one of {FIRING_TYPES}, got {firing!r}")
+    raise OptionError(f"firing must be one of {FIRING_TYPES}, got {firing!r}")

@@ -23,9 +23,9 @@ def run_python(args, cwd=None, timeout=600):
     )
 
 
-def shipped_training_configs(task: str = "asr1"):
-    """Every training config the package ships for a task dir (asr1, spk1)."""
-    return sorted(REPO.glob(f"egs2/*/{task}/conf/**/train_*.yaml"))
+def shipped_training_configs(task: str = "asr"):
+    """Every training config the package ships for a task (asr, spk) under conf/."""
+    return sorted(REPO.glob(f"conf/{task}/**/train_*.yaml"))
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def aishell_token_list(tmp_path):
     return path
 
 
-TONE_CONF = REPO / "egs2/tone_demo/asr1/conf"
+TONE_CONF = REPO / "conf/asr/tone_demo"
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import REPO, TONE_CONF, run_python, shipped_training_configs
 
-AISHELL_IML = REPO / "egs2/aishell/asr1/conf/tuning/train_asr_iml_spikeformer.yaml"
+AISHELL_IML = REPO / "conf/asr/aishell/train_asr_iml_spikeformer.yaml"
 PURELIB = sysconfig.get_paths()["purelib"]  # this environment's site-packages
 
 

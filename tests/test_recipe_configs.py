@@ -14,8 +14,8 @@ import yaml
 
 from conftest import REPO
 
-AISHELL = REPO / "egs2/aishell/asr1/conf/tuning"
-LIBRI = REPO / "egs2/librispeech/asr1/conf/tuning"
+AISHELL = REPO / "conf/asr/aishell"
+LIBRI = REPO / "conf/asr/librispeech"
 MAIN = AISHELL / "train_asr_iml_spikeformer.yaml"
 
 # config -> (corpus vocabulary, paper's size in M, encoder class, timesteps or None)
@@ -138,7 +138,7 @@ def test_every_recipe_config_is_covered_here():
 
 
 @pytest.mark.parametrize(
-    "config", list(PAPER_SIZES), ids=lambda p: f"{p.parts[-5]}/{p.name}"
+    "config", list(PAPER_SIZES), ids=lambda p: f"{p.parent.name}/{p.name}"
 )
 def test_config_builds_the_papers_parameter_count(config, built):
     vocab, paper_millions, encoder_class, timesteps = PAPER_SIZES[config]

@@ -12,8 +12,8 @@ import yaml
 
 from conftest import REPO, run_python, shipped_training_configs
 
-VOX = REPO / "egs2/voxceleb/spk1/conf/tuning"
-TONE_SPK = REPO / "egs2/tone_demo/spk1/conf"
+VOX = REPO / "conf/spk/voxceleb"
+TONE_SPK = REPO / "conf/spk/tone_demo"
 PURELIB = sysconfig.get_paths()["purelib"]
 
 # Table III (VoxCeleb1 speaker identification): config -> the paper's size in M
@@ -248,7 +248,7 @@ for line in sys.stdin:
 def spk_dry_runs(tmp_path_factory):
     """Stock ``espnet2.bin.spk_train --dry_run`` of every shipped SPK config, one process."""
     tmp_path = tmp_path_factory.mktemp("spk_dry_runs")
-    configs = shipped_training_configs("spk1")
+    configs = shipped_training_configs("spk")
     jobs = [f"{c} {VOXCELEB1_SPEAKERS if 'voxceleb' in str(c) else 4} {tmp_path / str(i)}"
             for i, c in enumerate(configs)]
     done = subprocess.run([sys.executable, "-c", SPK_DRY_RUN_SCRIPT], input="\n".join(jobs),
@@ -261,7 +261,7 @@ def spk_dry_runs(tmp_path_factory):
             for i, c in enumerate(configs)}
 
 
-@pytest.mark.parametrize("config", shipped_training_configs("spk1"), ids=lambda p: p.name)
+@pytest.mark.parametrize("config", shipped_training_configs("spk"), ids=lambda p: p.name)
 def test_every_shipped_spk_config_passes_stock_dry_run(config, spk_dry_runs):
     log, out = spk_dry_runs[config]
     assert "@@@ ok" in log, log[-3000:]
@@ -275,7 +275,7 @@ def test_every_shipped_spk_config_passes_stock_dry_run(config, spk_dry_runs):
 
 
 def test_shipped_spk_configs_are_the_expected_ones():
-    names = {c.name for c in shipped_training_configs("spk1")}
+    names = {c.name for c in shipped_training_configs("spk")}
     assert set(TABLE_III) | set(TABLE_IV) <= names
     for model in ("iml_spikeformer", "transformer", "spike_driven_transformer"):
         assert f"train_spk_{model}_tiny.yaml" in names

@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO, run_python
 
-TONE_SPK = REPO / "egs2/tone_demo/spk1/conf"
+TONE_SPK = REPO / "conf/spk/tone_demo"
 
 
 class Head(torch.nn.Module):

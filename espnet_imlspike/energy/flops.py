@@ -121,7 +121,13 @@ def encoder_costs(
 
     Returns:
         The list of layer costs.
+
+    An encoder that is not a stack of Transformer-like blocks (e.g. the SMLP baselines)
+    prices itself: it defines ``layer_costs(in_frames, out_frames, ann) -> List[LayerCost]``
+    with ``source`` naming the neuron layer (a ``SpikingNeuron``) that feeds each layer.
     """
+    if hasattr(encoder, "layer_costs"):
+        return encoder.layer_costs(in_frames, out_frames, ann=ann)
     first = encoder.encoders[0]
     size = first.norm1.normalized_shape[0]  # model width (SPK MFA output_size() is wider)
     units = first.feed_forward.w_1.out_features
