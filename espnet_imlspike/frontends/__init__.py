@@ -1,0 +1,1 @@
+"""Front ends for ESPnet tasks (raw waveform in, features or spikes out)."""
