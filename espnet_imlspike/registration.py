@@ -21,17 +21,25 @@ def _add_encoders(task_module: ModuleType, classes: dict) -> None:
         task_module.encoder_choices.classes.setdefault(name, cls)
 
 
+def _add_frontends(task_module: ModuleType, classes: dict) -> None:
+    """Add ``classes`` to a task's ``frontend_choices``; names ESPnet has stay ESPnet's."""
+    for name, cls in classes.items():
+        task_module.frontend_choices.classes.setdefault(name, cls)
+
+
 def _asr_encoder_classes() -> dict:
     from espnet_imlspike.deploy import IMLSpikeformerDeployEncoder
     from espnet_imlspike.encoder import (
         IMLSpikeformerEncoder,
         SpikeDrivenTransformerEncoder,
     )
+    from espnet_imlspike.encoders.smlp import SMLPEncoder
 
     return {
         "iml_spikeformer": IMLSpikeformerEncoder,
         "spike_driven_transformer": SpikeDrivenTransformerEncoder,
         "iml_spikeformer_deploy": IMLSpikeformerDeployEncoder,
+        "smlp": SMLPEncoder,
     }
 
 
@@ -47,6 +55,7 @@ def register_asr(module: Optional[ModuleType] = None) -> None:
 
 
 def _spk_encoder_classes() -> dict:
+    from espnet_imlspike.encoders.smlp import SMLPSpeakerEncoder
     from espnet_imlspike.spk_encoder import (
         IMLSpikeformerSpeakerEncoder,
         SpikeDrivenTransformerSpeakerEncoder,
@@ -57,11 +66,18 @@ def _spk_encoder_classes() -> dict:
         "iml_spikeformer": IMLSpikeformerSpeakerEncoder,
         "spike_driven_transformer": SpikeDrivenTransformerSpeakerEncoder,
         "transformer": TransformerSpeakerEncoder,
+        "smlp": SMLPSpeakerEncoder,
     }
 
 
+def _spk_frontend_classes() -> dict:
+    from espnet_imlspike.frontends.spiking_leaf import SpikingLeafFrontend
+
+    return {"spiking_leaf": SpikingLeafFrontend}
+
+
 def register_spk(module: Optional[ModuleType] = None) -> None:
-    """Add our speaker encoders to ``espnet2.tasks.spk.encoder_choices`` (idempotent).
+    """Add our speaker encoders and front ends to ``espnet2.tasks.spk`` (idempotent).
 
     A name ESPnet already registers is left to ESPnet's class.
 
@@ -71,6 +87,7 @@ def register_spk(module: Optional[ModuleType] = None) -> None:
     if module is None:
         import espnet2.tasks.spk as module
     _add_encoders(module, _spk_encoder_classes())
+    _add_frontends(module, _spk_frontend_classes())
 
 
 REGISTRARS = {"espnet2.tasks.asr": register_asr, "espnet2.tasks.spk": register_spk}
