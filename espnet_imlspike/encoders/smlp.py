@@ -49,7 +49,7 @@ class SMLPEncoder(AbsEncoder):
         input_layer: ESPnet subsampling ("conv2d", "conv2d2", "conv2d6", "conv2d8") or
             None (features go to the first layer as they are).
         input_layer_size: Channels (and output width) of the subsampling.
-        dropout_rate: Dropout in the subsampling and on each layer's output spikes.
+        dropout_rate: Dropout on each layer's output spikes (training only).
         decay: LIF membrane decay alpha (fixed).
         threshold: Firing threshold (default: LIF 1, GSU 0).
         recurrent: LIF layer-wise recurrence (RLIF).
