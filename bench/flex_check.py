@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from espnet_imlspike.attention import HDRepSSA, _split_heads  # noqa: E402
+from espnet_imlspike.attention import HDRepSSA, split_heads  # noqa: E402
 from espnet_imlspike.neurons import MultiLevelSpikeNeuron  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def main():
     x = torch.randint(0, 7, (4, 150, 256), device=device).float()
     valid = torch.arange(150, device=device)[None] < torch.tensor([150, 120, 90, 60],
                                                                   device=device)[:, None]
-    values = _split_heads(torch.randint(0, 7, (4, 150, 256), device=device).float(), 4)
+    values = split_heads(torch.randint(0, 7, (4, 150, 256), device=device).float(), 4)
 
     def explicit(x):
         return module.attention_map(x, valid) @ values

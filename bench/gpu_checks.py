@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from espnet_imlspike.deploy import convert_encoder  # noqa: E402
-from espnet_imlspike.encoder import IMLSpikeformerEncoder  # noqa: E402
+from espnet_imlspike.deploy.convert import convert_encoder  # noqa: E402
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
 
 SIZE = dict(output_size=256, attention_heads=4, linear_units=2048, num_blocks=12)
 

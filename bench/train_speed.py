@@ -28,7 +28,7 @@ SIZES = {
 def build(name: str, size: dict):
     from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 
-    from espnet_imlspike.encoder import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
+    from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
 
     if name == "transformer":
         return TransformerEncoder(80, **size)

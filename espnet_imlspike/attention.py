@@ -38,12 +38,43 @@ def hierarchical_decay_mask(
     return torch.exp(distance * math.log(phi)).to(dtype)
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def attention_weights(
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    variant: str,
+    decay: Optional[float],
+    d_k: int,
+    linear_norm: str = "none",
+) -> torch.Tensor:
+    """Weights (N, H, L, L) from the raw map ``A``: HDM (Eq. 15), then softmax or linear.
+
+    Padded keys get weight 0 in both variants (a row with no valid key stays finite).
+    Shared by the training form and the fused inference form.
+    """
+    if decay is not None:
+        scores = scores * hierarchical_decay_mask(scores.size(-1), decay, scores.device,
+                                                  scores.dtype)
+    key_padding = ~valid[:, None, None, :]
+    if variant == "softmax":
+        scores = scores / math.sqrt(d_k)
+        scores = scores.masked_fill(key_padding, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)
+    else:
+        weights = scores
+        if linear_norm == "valid_keys":
+            keys = valid.sum(-1).clamp(min=1).to(scores.dtype)
+            weights = weights / keys[:, None, None, None]
+    return weights.masked_fill(key_padding, 0.0)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, L, D) -> (N, H, L, D / H)."""
     n, length, dim = x.shape
     return x.view(n, length, heads, dim // heads).transpose(1, 2)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, L, d_k) -> (N, L, H d_k)."""
     n, heads, length, d_k = x.shape
     return x.transpose(1, 2).reshape(n, length, heads * d_k)
 
@@ -124,31 +155,17 @@ class HDRepSSA(torch.nn.Module):
         return half and x.is_cuda and torch.compiler.is_compiling()
 
     def _queries_keys(self, x: torch.Tensor):
-        return (_split_heads(self.linear_q(x), self.heads),
-                _split_heads(self.linear_k(x), self.heads))
+        return (split_heads(self.linear_q(x), self.heads),
+                split_heads(self.linear_k(x), self.heads))
 
     def fused_softmax_context(
         self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, values: torch.Tensor
     ) -> torch.Tensor:
-        """``softmax((A * H) / sqrt(d_k)) V_s`` per head in one FlexAttention kernel.
+        """``softmax((A * H) / sqrt(d_k)) V_s`` in one FlexAttention kernel (the same map
+        as :meth:`attention_map`, never materialised; see :mod:`.attention_flex`)."""
+        from espnet_imlspike.attention_flex import flex_softmax_context
 
-        The decay and the key padding are applied as a ``score_mod`` to the scaled scores
-        (the same map as :meth:`attention_map`, never materialised).
-        """
-        from torch.nn.attention.flex_attention import flex_attention
-
-        lengths = valid.sum(1)
-        log_phi = None if self.decay is None else math.log(self.decay)
-
-        def score_mod(score, batch, head, q_idx, kv_idx):
-            if log_phi is not None:
-                distance = (q_idx - kv_idx).abs().to(torch.float32)
-                score = score * torch.exp(distance * log_phi).to(score.dtype)
-            return torch.where(kv_idx < lengths[batch], score, float("-inf"))
-
-        return flex_attention(
-            q, k, values.to(q.dtype), score_mod=score_mod, scale=1 / math.sqrt(self.d_k)
-        )
+        return flex_softmax_context(q, k, values, valid, self.decay, self.d_k)
 
     def attention_map(
         self, x: torch.Tensor, valid: torch.Tensor
@@ -161,22 +178,9 @@ class HDRepSSA(torch.nn.Module):
 
     def _weights(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         scores = torch.matmul(q, k.transpose(-2, -1))
-        if self.decay is not None:
-            scores = scores * hierarchical_decay_mask(
-                q.size(2), self.decay, q.device, scores.dtype
-            )
-        key_padding = ~valid[:, None, None, :]
-        if self.variant == "softmax":
-            scores = scores / math.sqrt(self.d_k)
-            # finfo.min, not -inf: a row with no valid key stays finite.
-            scores = scores.masked_fill(key_padding, torch.finfo(scores.dtype).min)
-            weights = torch.softmax(scores, dim=-1)
-        else:
-            weights = scores
-            if self.linear_norm == "valid_keys":
-                keys = valid.sum(-1).clamp(min=1).to(scores.dtype)
-                weights = weights / keys[:, None, None, None]
-        return weights.masked_fill(key_padding, 0.0)
+        return attention_weights(
+            scores, valid, self.variant, self.decay, self.d_k, self.linear_norm
+        )
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Apply attention.
@@ -189,12 +193,12 @@ class HDRepSSA(torch.nn.Module):
             Output (N, L, D) of ``W_out``.
         """
         q, k = self._queries_keys(x)
-        values = _split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
+        values = split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
         if self._use_fused(x, q):
             context = self.fused_softmax_context(q, k, valid, values)
         else:
             context = torch.matmul(self.dropout(self._weights(q, k, valid)), values)
-        return self.linear_out(self.attention_neuron(_merge_heads(context), valid))
+        return self.linear_out(self.attention_neuron(merge_heads(context), valid))
 
 
 class SDSA3(torch.nn.Module):
@@ -256,11 +260,11 @@ class SDSA3(torch.nn.Module):
             Output (N, L, D) of ``W_out``.
         """
         keep = valid.unsqueeze(-1).to(x.dtype)
-        q = _split_heads(self.query_neuron(self.linear_q(x), valid), self.heads)
-        k = _split_heads(self.key_neuron(self.linear_k(x), valid) * keep, self.heads)
-        v = _split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
+        q = split_heads(self.query_neuron(self.linear_q(x), valid), self.heads)
+        k = split_heads(self.key_neuron(self.linear_k(x), valid) * keep, self.heads)
+        v = split_heads(self.value_neuron(self.linear_v(x), valid), self.heads)
         context = sdsa_context(q, k, v, self.scale)
-        spikes = self.attention_neuron(_merge_heads(context), valid)
+        spikes = self.attention_neuron(merge_heads(context), valid)
         return self.linear_out(spikes.to(x.dtype))
 
 

@@ -15,6 +15,7 @@ import sys
 from types import ModuleType
 from typing import Optional
 
+
 def _add_encoders(task_module: ModuleType, classes: dict) -> None:
     """Add ``classes`` to a task's ``encoder_choices``; names ESPnet has stay ESPnet's."""
     for name, cls in classes.items():
@@ -28,8 +29,8 @@ def _add_frontends(task_module: ModuleType, classes: dict) -> None:
 
 
 def _asr_encoder_classes() -> dict:
-    from espnet_imlspike.deploy import IMLSpikeformerDeployEncoder
-    from espnet_imlspike.encoder import (
+    from espnet_imlspike.deploy.convert import IMLSpikeformerDeployEncoder
+    from espnet_imlspike.encoders.asr import (
         IMLSpikeformerEncoder,
         SpikeDrivenTransformerEncoder,
     )
@@ -56,7 +57,7 @@ def register_asr(module: Optional[ModuleType] = None) -> None:
 
 def _spk_encoder_classes() -> dict:
     from espnet_imlspike.encoders.smlp import SMLPSpeakerEncoder
-    from espnet_imlspike.spk_encoder import (
+    from espnet_imlspike.encoders.spk import (
         IMLSpikeformerSpeakerEncoder,
         SpikeDrivenTransformerSpeakerEncoder,
         TransformerSpeakerEncoder,

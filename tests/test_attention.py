@@ -9,7 +9,7 @@ import torch
 from espnet_imlspike.attention import (
     SDSA3,
     HDRepSSA,
-    _split_heads,
+    split_heads,
     decay_factor,
     hierarchical_decay_mask,
     make_attention,
@@ -141,7 +141,7 @@ def test_fused_flex_attention_context_equals_the_explicit_map(phi):
     x = torch.randint(0, T + 1, (2, 9, 8)).float()
     valid = torch.tensor([[1] * 9, [1] * 6 + [0] * 3], dtype=torch.bool)
     with torch.no_grad():
-        values = _split_heads(module.value_neuron(module.linear_v(x), valid), 2)
+        values = split_heads(module.value_neuron(module.linear_v(x), valid), 2)
         explicit = module.attention_map(x, valid) @ values
         fused = module.fused_softmax_context(*module._queries_keys(x), valid, values)
     rows = valid[:, None, :, None].expand_as(fused)

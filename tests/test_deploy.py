@@ -5,15 +5,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_python
-from espnet_imlspike.deploy import (
-    FusedHDRepSSA,
-    IMLSpikeformerDeployEncoder,
-    SynapticLinear,
-    convert_encoder,
-    spike_planes,
-)
-from espnet_imlspike.encoder import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
+from helpers import run_python
+from espnet_imlspike.deploy.convert import IMLSpikeformerDeployEncoder, convert_encoder
+from espnet_imlspike.deploy.modules import FusedHDRepSSA, SynapticLinear, spike_planes
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
 
 SMALL = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=2)
 
@@ -32,7 +27,7 @@ def speech_features(count=3):
     """80-dim fbank of generated tone-language speech through ESPnet's frontend."""
     from espnet2.asr.frontend.default import DefaultFrontend
 
-    from espnet_imlspike.demo.tone_corpus import synthesize
+    from tone_corpus import synthesize
 
     rng = np.random.default_rng(0)
     waves = [synthesize(w, p, rng) for w, p in zip(["abcdef", "fed", "cabba"], [0.8, 1.0, 1.2])]

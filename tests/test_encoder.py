@@ -5,11 +5,8 @@ import torch
 from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
 
-from espnet_imlspike.encoder import (
-    IMLSpikeformerEncoder,
-    SpikeDrivenTransformerEncoder,
-    subsampled_lengths,
-)
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
+from espnet_imlspike.encoders.common import subsampled_lengths
 from espnet_imlspike.neurons import InputAwareMultiLevelSpikeNeuron
 
 SMALL = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=2)
@@ -167,21 +164,34 @@ def test_bad_config_values_name_the_option(kwargs, option):
         IMLSpikeformerEncoder(16, **args)
 
 
-def test_too_short_utterance_names_the_minimum():
-    encoder = IMLSpikeformerEncoder(16, **SMALL, input_layer="conv2d6")
+def test_too_short_batch_names_the_minimum_and_short_utterances_get_no_frames():
+    torch.manual_seed(0)
+    encoder = IMLSpikeformerEncoder(16, **SMALL, input_layer="conv2d6").eval()
+    # ESPnet's check_short_utt: conv2d6 needs 11 frames
     with pytest.raises(TooShortUttError, match="at least 11 frames"):
         encoder(torch.randn(1, 10, 16), torch.tensor([10]))
-    # a short utterance padded inside a long batch is caught too
-    with pytest.raises(TooShortUttError, match="has 6 frames"):
-        encoder(torch.randn(2, 50, 16), torch.tensor([50, 6]))
+    # a short utterance padded inside a long batch has no output frame and does not
+    # change the others (training must not abort on it)
+    x = torch.randn(2, 50, 16)
+    out, olens, _ = encoder(x, torch.tensor([50, 6]))
+    alone, alone_lens, _ = encoder(x[:1], torch.tensor([50]))
+    assert olens.tolist() == [alone_lens.item(), 0]
+    assert torch.allclose(out[0], alone[0], atol=1e-6)
+    encoder.train()
+    out, olens, _ = encoder(x, torch.tensor([50, 6]))
+    assert olens[1] == 0 and torch.isfinite(out).all()
 
 
 def test_bad_features_are_rejected():
-    encoder = IMLSpikeformerEncoder(16, **SMALL)
+    encoder = IMLSpikeformerEncoder(16, **SMALL).eval()
     x = torch.randn(1, 20, 16)
     x[0, 3, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         encoder(x, torch.tensor([20]))
+    with pytest.raises(ValueError, match="longer than"):
+        encoder(torch.randn(2, 20, 16), torch.tensor([20, 21]))
+    with pytest.raises(ValueError, match="integer"):
+        encoder(torch.randn(1, 20, 16), torch.tensor([20.0]))
     with pytest.raises(ValueError, match="16"):
         encoder(torch.randn(1, 20, 15), torch.tensor([20]))
     with pytest.raises(ValueError, match="ilens"):

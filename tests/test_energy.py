@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_python
-from espnet_imlspike.deploy import convert_encoder
-from espnet_imlspike.encoder import IMLSpikeformerEncoder
+from helpers import run_python
+from espnet_imlspike.deploy.convert import convert_encoder
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder
 from espnet_imlspike.energy.flops import encoder_costs
 from espnet_imlspike.energy.hooks import FiringRateRecorder
 from espnet_imlspike.energy.report import EnergyConstants, model_energy
-from espnet_imlspike.energy.stage import build_report, measure
+from espnet_imlspike.energy.measure import build_report, measure
 from espnet_imlspike.neurons import MultiLevelSpikeNeuron
 
 E = EnergyConstants()
@@ -71,7 +71,7 @@ def test_energy_with_forced_rates_equals_hand_value():
         for child_name, child in list(module.named_children()):
             if child_name.endswith("neuron"):
                 setattr(module, child_name, TwoSpikes(4))
-    recorder, lengths = measure(
+    recorder, lengths, _ = measure(
         encoder, encoder,
         [("a", torch.randn(12, 16)), ("b", torch.randn(7, 16))],
         lambda m, x, n: m(x, n), progress=False,
@@ -246,7 +246,7 @@ def test_energy_report_cli_bad_inputs(tiny_iml_asr, tmp_path):
 def test_include_front_adds_exactly_the_front_energy_to_both_models():
     encoder = IMLSpikeformerEncoder(16, output_size=8, attention_heads=2, linear_units=16,
                                     num_blocks=1)
-    recorder, lengths = measure(encoder, encoder, [("a", torch.randn(30, 16))],
+    recorder, lengths, _ = measure(encoder, encoder, [("a", torch.randn(30, 16))],
                                 lambda m, x, n: m(x, n), progress=False)
     blocks, _ = build_report(encoder, recorder, lengths, 1)
     with_front, text = build_report(encoder, recorder, lengths, 1, include_front=True)

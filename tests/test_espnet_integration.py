@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import yaml
 
-from conftest import REPO, TONE_CONF, run_python, shipped_training_configs
+from helpers import REPO, TONE_CONF, run_python, shipped_training_configs
 
 AISHELL_IML = REPO / "conf/asr/aishell/train_asr_iml_spikeformer.yaml"
 PURELIB = sysconfig.get_paths()["purelib"]  # this environment's site-packages
@@ -18,7 +18,7 @@ def test_registration_happens_when_espnet_asr_task_is_imported():
         [
             "-c",
             "import espnet2.tasks.asr as t; "
-            "from espnet_imlspike.encoder import IMLSpikeformerEncoder as I, "
+            "from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder as I, "
             "SpikeDrivenTransformerEncoder as S; "
             "c = t.encoder_choices; "
             "assert c.get_class('iml_spikeformer') is I, c.choices(); "
@@ -114,7 +114,7 @@ for line in sys.stdin:
 
 def token_list_for(config, tmp_path):
     """A token list of the recipe's size: aishell 4233 chars, librispeech 5000 BPE."""
-    size = {"aishell": 4233, "librispeech": 5000}.get(config.parts[-5], 12)
+    size = {"aishell": 4233, "librispeech": 5000}.get(config.parent.name, 12)
     path = tmp_path / f"tokens_{size}.txt"
     if not path.exists():
         tokens = ["<blank>", "<unk>"] + [f"t{i}" for i in range(size - 3)] + ["<sos/eos>"]
@@ -154,7 +154,7 @@ def expected_size(config):
     for size in ("46.11", "61.89"):
         if size + "m" in config.name:
             return size
-    return {"aishell": "30.35", "librispeech": "99.36"}.get(config.parts[-5])
+    return {"aishell": "30.35", "librispeech": "99.36"}.get(config.parent.name)
 
 
 @pytest.mark.parametrize("config", shipped_training_configs(), ids=lambda p: p.name)
@@ -184,7 +184,7 @@ def test_print_config_shows_every_encoder_option():
 def test_stock_train_then_decode_iml_spikeformer(tiny_iml_asr):
     import torch
 
-    from espnet_imlspike.demo.asr_pipeline import read_kaldi_map
+    from espnet2.fileio.read_text import read_2columns_text as read_kaldi_map
 
     hyps = read_kaldi_map(tiny_iml_asr["out"] / "decode/tiny/1best_recog/text")
     assert set(hyps) == set(read_kaldi_map(tiny_iml_asr["dirs"]["test"] / "text"))
@@ -198,8 +198,9 @@ def test_stock_train_then_decode_iml_spikeformer(tiny_iml_asr):
 
 @pytest.mark.slow
 def test_stock_train_then_decode_spike_driven_transformer(tmp_path):
-    from espnet_imlspike.demo.asr_pipeline import read_kaldi_map, train_and_decode
-    from espnet_imlspike.demo.tone_corpus import make_corpus
+    from asr_pipeline import train_and_decode
+    from espnet2.fileio.read_text import read_2columns_text as read_kaldi_map
+    from tone_corpus import make_corpus
 
     dirs = make_corpus(tmp_path, {"train": 24, "valid": 6, "test": 5})
     config = TONE_CONF / "train_asr_spike_driven_transformer_tiny.yaml"

@@ -8,10 +8,10 @@ import torch
 from espnet_imlspike.neurons import (
     InputAwareMultiLevelSpikeNeuron,
     MultiLevelSpikeNeuron,
-    MultiStepIFNeuron,
     make_neuron,
     multi_level_fire,
 )
+from espnet_imlspike.neurons_multistep import MultiStepIFNeuron
 
 
 def iterative_if_spike_count(v1: float, theta: float, steps: int) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 AISHELL = REPO / "conf/asr/aishell"
 LIBRI = REPO / "conf/asr/librispeech"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_python
+from helpers import REPO, run_python
 
 TONE_SPK = REPO / "conf/spk/tone_demo"
 
@@ -37,7 +37,7 @@ class HeadOnlyModel(torch.nn.Module):
 
 
 def test_cosine_rule_on_hand_worked_embeddings():
-    from espnet_imlspike.demo.spk_identification import class_scores, head_class_vectors
+    from espnet_imlspike.scoring.identification import class_scores, head_class_vectors
 
     # class 0 points along x but is short, class 1 along y and long, class 2 along -x
     classes = head_class_vectors(Head([[0.1, 0.0], [0.0, 5.0], [-3.0, 0.0]]))
@@ -60,7 +60,7 @@ def test_cosine_rule_on_hand_worked_embeddings():
 
 
 def test_sub_centres_are_consecutive_rows_and_the_closest_counts():
-    from espnet_imlspike.demo.spk_identification import class_scores, head_class_vectors
+    from espnet_imlspike.scoring.identification import class_scores, head_class_vectors
 
     # K=2: rows 0,1 are class 0 (x and -x), rows 2,3 class 1 (y and a near-x vector)
     head = Head([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], K=2)
@@ -81,7 +81,7 @@ def test_sub_centres_are_consecutive_rows_and_the_closest_counts():
 def test_single_segment_predictions_match_espnets_own_heads(name):
     from espnet2.tasks.spk import loss_choices
 
-    from espnet_imlspike.demo.spk_identification import class_scores, head_class_vectors
+    from espnet_imlspike.scoring.identification import class_scores, head_class_vectors
 
     torch.manual_seed(0)
     loss = loss_choices.get_class(name)(nout=16, nclasses=7)
@@ -98,7 +98,7 @@ def test_single_segment_predictions_match_espnets_own_heads(name):
 def test_speaker_labels_match_espnets_preprocessor(tmp_path):
     from espnet2.train.preprocessor import SpkPreprocessor
 
-    from espnet_imlspike.demo.spk_identification import speaker_label_mapping
+    from espnet_imlspike.scoring.identification import speaker_label_mapping
 
     spk2utt = tmp_path / "spk2utt"
     # file order, not sorted order (and not numeric order)
@@ -114,7 +114,7 @@ def test_speaker_labels_match_espnets_preprocessor(tmp_path):
 
 
 def test_speaker_label_mapping_refuses_ambiguous_files(tmp_path):
-    from espnet_imlspike.demo.spk_identification import (
+    from espnet_imlspike.scoring.identification import (
         IdentificationError,
         speaker_label_mapping,
     )
@@ -133,7 +133,7 @@ def test_speaker_label_mapping_refuses_ambiguous_files(tmp_path):
 def test_evaluation_crops_match_espnets_preprocessor(length):
     from espnet2.train.preprocessor import SpkPreprocessor
 
-    from espnet_imlspike.demo.spk_identification import evaluation_crops
+    from espnet_imlspike.scoring.identification import evaluation_crops
 
     audio = np.random.default_rng(length).standard_normal(length).astype(np.float32)
     pre = SpkPreprocessor(train=False, target_duration=0.01, num_eval=3,
@@ -157,7 +157,7 @@ def write_dir(path, utt2spk, with_utt2spk=True):
 
 
 def test_identify_names_unseen_speakers_and_missing_files(tmp_path):
-    from espnet_imlspike.demo.spk_identification import IdentificationError, identify
+    from espnet_imlspike.scoring.identification import IdentificationError, identify
 
     model = HeadOnlyModel(Head(torch.eye(3)))
     spk2label = {"a": 0, "b": 1, "c": 2}
@@ -184,8 +184,10 @@ def test_cli_errors_for_missing_files(tmp_path, capsys):
         main(["--spk_train_config", str(config), "--spk_model_file",
               str(tmp_path / "missing.pth"), "--data_dir", str(tmp_path),
               "--output_dir", str(tmp_path / "out")])
-    assert "--spk_model_file" in str(exit_info.value)
-    assert "missing.pth: no such file" in str(exit_info.value)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "spk_id_accuracy: error: --spk_model_file" in message
+    assert "missing.pth: no such file" in message
     assert not (tmp_path / "out").exists()
 
 
@@ -197,14 +199,9 @@ def test_identification_accuracy_of_a_stock_trained_model(tmp_path):
     from espnet2.bin.spk_inference import Speech2Embedding
     from espnet2.train.dataset import ESPnetDataset
 
-    from espnet_imlspike.demo.spk_identification import evaluation_crops
-    from espnet_imlspike.demo.spk_pipeline import (
-        collect_stats,
-        make_speaker_corpus,
-        read_map,
-        subset_data_dir,
-        train,
-    )
+    from espnet_imlspike.scoring.identification import evaluation_crops
+    from espnet2.fileio.read_text import read_2columns_text as read_map
+    from spk_pipeline import collect_stats, make_speaker_corpus, subset_data_dir, train
 
     dirs = make_speaker_corpus(tmp_path, num_speakers=8, train_per_speaker=8,
                                test_per_speaker=5)

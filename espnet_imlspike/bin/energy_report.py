@@ -1,4 +1,4 @@
-"""Energy report of a trained spiking ASR model over a data set (post-processing stage).
+"""Energy report of a trained spiking ASR or speaker model over a data set.
 
 Example::
 
@@ -7,22 +7,29 @@ Example::
         --data_dir data/test --output_dir exp/asr/energy
 
 (or ``--spk_train_config``/``--spk_model_file`` for a speaker model; the deploy form
-and NeuroBench section are ASR-only) reads ``<data_dir>/wav.scp`` (or any ``--data_path_and_name_and_type path,speech,TYPE``
-that ESPnet reads), records firing rates of every spiking neuron layer (padded frames
-never counted), and writes ``energy.json``, ``energy.md`` (paper-style table with the ANN
-Transformer of the same size as x1, plus a per-layer table), ``firing_rates.png`` and
-``attention_maps.png``.
+and NeuroBench section are ASR-only) reads ``<data_dir>/wav.scp`` (or any
+``--data_path_and_name_and_type path,speech,TYPE`` that ESPnet reads), records firing
+rates of every spiking neuron layer (padded frames never counted; utterances too short
+for the subsampling are skipped and counted), and writes ``energy.json``, ``energy.md``
+(paper-style table with the ANN Transformer of the same size as x1, plus a per-layer
+table), ``firing_rates.npz``, ``firing_rates.png`` and ``attention_maps.png``.
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Optional
+
+from espnet_imlspike.bin.cli import add_bool, positive_int, prepare_output_dir, run
+from espnet_imlspike.errors import InputError
+
+OUTPUTS = ("energy.json", "energy.md", "firing_rates.npz", "firing_rates.png",
+           "attention_maps.png")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="energy_report", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--asr_train_config", type=Path, help="an ASR model's config.yaml")
     parser.add_argument("--asr_model_file", type=Path)
@@ -39,102 +46,126 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention_form", choices=("fused", "unfused"), default="fused",
                         help="count HD-RepSSA as its fused W_QK inference form (spike-driven) "
                              "or its training form (Q K^T as MACs)")
-    parser.add_argument("--deploy", choices=("true", "false"), default="true",
-                        help="convert to the spike-driven deploy form and report its counted "
-                             "accumulates beside the estimate (iml_spikeformer only)")
-    parser.add_argument("--include_front", choices=("true", "false"), default="false",
-                        help="count the convolutional subsampling front (real-valued input, "
-                             "MACs in both models) in the totals; the paper's tables leave "
-                             "it out")
-    parser.add_argument("--max_utterances", type=int, default=None)
-    parser.add_argument("--plots", choices=("true", "false"), default="true")
-    parser.add_argument("--neurobench", choices=("true", "false"), default="false",
-                        help="add NeuroBench's synaptic-operation and activation-sparsity "
-                             "metrics (needs the optional neurobench package)")
+    add_bool(parser, "--deploy", True,
+             "convert to the spike-driven deploy form and report its counted accumulates "
+             "beside the estimate (iml_spikeformer with imls/mls firing only)")
+    add_bool(parser, "--include_front", False,
+             "count the convolutional subsampling front (real-valued input, MACs in both "
+             "models) in the totals; the paper's tables leave it out")
+    parser.add_argument("--max_utterances", type=positive_int, default=None)
+    add_bool(parser, "--plots", True, "draw firing_rates.png and attention_maps.png")
+    add_bool(parser, "--neurobench", False,
+             "add NeuroBench's synaptic-operation and activation-sparsity metrics "
+             "(needs the optional neurobench package)")
+    add_bool(parser, "--overwrite", False, "replace an earlier report in --output_dir")
+    add_bool(parser, "--allow_uncalibrated", False,
+             "report even if IMLS threshold statistics were never trained")
     return parser
 
 
-def read_utterances(args, limit: Optional[int]):
-    """(key, tensor) pairs from a data dir or an ESPnet data triple."""
+def data_triple(args) -> tuple:
+    """The (path, name, type) ESPnet reads, checked: the list exists, is not empty, and
+    every plain file it names exists."""
+    from espnet2.fileio.read_text import read_2columns_text
+
+    if args.data_dir is not None:
+        triple = (str(args.data_dir / "wav.scp"), "speech", "sound")
+    else:
+        triple = tuple(args.data_path_and_name_and_type.split(","))
+        if len(triple) != 3:
+            raise InputError(
+                f"--data_path_and_name_and_type {args.data_path_and_name_and_type!r}: "
+                "expected 'path,name,type'")
+    if not Path(triple[0]).is_file():
+        raise InputError(f"{triple[0]}: no such file")
+    entries = read_2columns_text(triple[0])
+    if not entries:
+        raise InputError(f"{triple[0]} lists no utterances")
+    if triple[2] == "sound":
+        for key, value in entries.items():
+            if not value.endswith("|") and not Path(value).is_file():
+                raise InputError(f"{triple[0]}: utterance {key} names {value}: no such file")
+    return triple
+
+
+def read_utterances(triple: tuple, limit: Optional[int]):
+    """(key, tensor) pairs, read lazily by ESPnet's dataset."""
     import torch
     from espnet2.train.dataset import ESPnetDataset
 
-    if args.data_dir is not None:
-        scp = args.data_dir / "wav.scp"
-        if not scp.is_file():
-            raise SystemExit(f"energy_report: error: {scp}: no such file")
-        triple = (str(scp), "speech", "sound")
-    else:
-        parts = args.data_path_and_name_and_type.split(",")
-        if len(parts) != 3 or not Path(parts[0]).is_file():
-            raise SystemExit(
-                f"energy_report: error: --data_path_and_name_and_type "
-                f"{args.data_path_and_name_and_type!r}: expected an existing 'path,name,type'"
-            )
-        triple = tuple(parts)
-    with open(triple[0], "rb") as f:
-        if not any(line.strip() for line in f):
-            raise SystemExit(f"energy_report: error: {triple[0]} lists no utterances")
     dataset = ESPnetDataset([triple])
-    keys = list(dataset.loader_dict[triple[1]].keys())
-    keys = keys[:limit] if limit else keys
+    keys = list(dataset.loader_dict[triple[1]].keys())[:limit]
     return [(k, torch.as_tensor(dataset[k][1][triple[1]])) for k in keys]
+
+
+def report(args, task: str) -> None:
+    from espnet_imlspike.energy.measure import build_report, measure, write_outputs
+    from espnet_imlspike.energy.report import EnergyConstants
+    from espnet_imlspike.model_loading import load_trained_model
+    from espnet_imlspike.neurons import SpikingNeuron
+
+    triple = data_triple(args)
+    model, config = load_trained_model(
+        getattr(args, f"{task}_train_config"), getattr(args, f"{task}_model_file"),
+        encoders=None, task=task, allow_uncalibrated=args.allow_uncalibrated,
+    )
+    if not any(isinstance(m, SpikingNeuron) for m in model.encoder.modules()):
+        raise InputError(f"encoder {config['encoder']!r} has no spiking neurons to report on")
+    parameters = sum(p.numel() for p in model.parameters())
+    if (args.deploy and task == "asr" and config["encoder"] == "iml_spikeformer"
+            and model.encoder.firing in ("imls", "mls")):
+        from espnet_imlspike.deploy.convert import convert_encoder
+
+        model.encoder = convert_encoder(model.encoder, "spike_train")
+        model.encoder.counter.enabled = True
+    utterances = read_utterances(triple, args.max_utterances)
+    if task == "asr":
+        def forward(m, x, n):
+            m.encode(x, n)
+    else:
+        def forward(m, x, n):
+            m.encode_frame(m.extract_feats(x, n)[0])
+    measured = measure(model, model.encoder, utterances, forward, total=len(utterances))
+    counter = getattr(model.encoder, "counter", None)
+    result, text = build_report(
+        model.encoder, measured.recorder, measured.lengths, parameters,
+        EnergyConstants(args.e_mac, args.e_ac), args.attention_form == "fused",
+        model_name=config["encoder"], measured=counter.counts if counter else None,
+        include_front=args.include_front,
+    )
+    if measured.skipped:
+        result["skipped_too_short"] = measured.skipped
+        text += (f"\n{len(measured.skipped)} utterances too short for the subsampling were "
+                 f"skipped (no encoder output): {', '.join(measured.skipped[:10])}\n")
+    if args.neurobench and task == "asr":
+        from espnet_imlspike.energy.neurobench_metrics import neurobench_section
+
+        section, values = neurobench_section(model, utterances)
+        result["neurobench"] = values
+        text += "\n" + section
+    written = write_outputs(result, text, measured.recorder, args.output_dir, args.plots)
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
     parser = get_parser()
-    args = parser.parse_args(cmd)
-    if (args.asr_train_config is None) == (args.spk_train_config is None):
-        parser.error("give --asr_train_config/--asr_model_file or "
-                     "--spk_train_config/--spk_model_file")
-    task = "asr" if args.asr_train_config is not None else "spk"
-    config_path = args.asr_train_config or args.spk_train_config
-    model_path = args.asr_model_file or args.spk_model_file
-    if model_path is None:
-        parser.error(f"--{task}_model_file is required")
-    from espnet_imlspike.model_loading import ModelLoadError, load_trained_model
-    from espnet_imlspike.energy.report import EnergyConstants
-    from espnet_imlspike.energy.stage import build_report, measure, write_outputs
 
-    try:
-        model, config = load_trained_model(config_path, model_path,
-                                           encoders=("iml_spikeformer",
-                                                     "spike_driven_transformer"), task=task)
-    except ModelLoadError as error:
-        sys.exit(f"energy_report: error: {error}")
-    parameters = sum(p.numel() for p in model.parameters())
-    measured = None
-    if args.deploy == "true" and task == "asr" and config["encoder"] == "iml_spikeformer" \
-            and model.encoder.firing in ("imls", "mls"):
-        from espnet_imlspike.deploy import convert_encoder
+    def body(args):
+        if (args.asr_train_config is None) == (args.spk_train_config is None):
+            parser.error("give --asr_train_config/--asr_model_file or "
+                         "--spk_train_config/--spk_model_file")
+        task = "asr" if args.asr_train_config is not None else "spk"
+        for flag in (f"{task}_train_config", f"{task}_model_file"):
+            path = getattr(args, flag)
+            if path is None:
+                parser.error(f"--{flag} is required")
+            if not path.is_file():
+                raise InputError(f"--{flag} {path}: no such file")
+        prepare_output_dir(args.output_dir, OUTPUTS, args.overwrite)
+        report(args, task)
 
-        model.encoder = convert_encoder(model.encoder, "spike_train")
-        model.encoder.counter.enabled = True
-    utterances = read_utterances(args, args.max_utterances)
-    if task == "asr":
-        def run(m, x, n):
-            m.encode(x, n)
-    else:
-        def run(m, x, n):
-            m.encode_frame(m.extract_feats(x, n)[0])
-    recorder, lengths = measure(model, model.encoder, utterances, run, total=len(utterances))
-    if measured is None and hasattr(model.encoder, "counter"):
-        measured = model.encoder.counter.counts
-    report, text = build_report(
-        model.encoder, recorder, lengths, parameters,
-        EnergyConstants(args.e_mac, args.e_ac), args.attention_form == "fused",
-        model_name=config["encoder"], measured=measured,
-        include_front=args.include_front == "true",
-    )
-    if args.neurobench == "true" and task == "asr":
-        from espnet_imlspike.energy.neurobench_metrics import neurobench_section
-
-        section, values = neurobench_section(model, utterances)
-        report["neurobench"] = values
-        text += "\n" + section
-    written = write_outputs(report, text, recorder, args.output_dir, args.plots == "true")
-    print(text)
-    print("wrote " + ", ".join(str(p) for p in written))
+    run(parser, body, cmd)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,24 @@ is the most cosine-similar, and compares with ``<data_dir>/utt2spk``. Writes
 ``spk_id_accuracy.json`` (accuracy, per-speaker accuracy, every prediction) and
 ``spk_id_accuracy.txt`` (one line). Class indices are mapped to speaker names from the
 training spk2utt exactly as ESPnet's SPK preprocessor numbered them (see
-``espnet_imlspike.demo.spk_identification``).
+``espnet_imlspike.scoring.identification``).
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
-import yaml
+from espnet_imlspike.bin.cli import add_bool, positive_int, prepare_output_dir, run
+from espnet_imlspike.errors import InputError
+
+OUTPUTS = ("spk_id_accuracy.json", "spk_id_accuracy.txt")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="spk_id_accuracy", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--spk_train_config", type=Path, required=True,
                         help="config.yaml written by spk_train")
@@ -44,11 +47,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target_duration", type=float, default=None,
                         help="crop length in seconds (default: the training config's "
                              "preprocessor_conf target_duration)")
-    parser.add_argument("--num_eval", type=int, default=None,
+    parser.add_argument("--num_eval", type=positive_int, default=None,
                         help="crops per utterance (default: the training config's "
                              "preprocessor_conf num_eval, else 10 as ESPnet)")
-    parser.add_argument("--batch_size", type=int, default=8,
+    parser.add_argument("--batch_size", type=positive_int, default=8,
                         help="utterances per forward pass")
+    add_bool(parser, "--overwrite", False, "replace an earlier result in --output_dir")
+    add_bool(parser, "--allow_uncalibrated", False,
+             "score even if IMLS threshold statistics were never trained")
     return parser
 
 
@@ -70,12 +76,12 @@ def crop_settings(config: dict, target_duration: Optional[float],
         "target_duration", config.get("target_duration", 3.0))
     segments = num_eval if num_eval is not None else conf.get("num_eval", 10)
     if duration <= 0 or segments < 1:
-        raise ValueError(f"need target_duration > 0 and num_eval >= 1, "
+        raise InputError(f"need target_duration > 0 and num_eval >= 1, "
                          f"got {duration} and {segments}")
     return int(duration * rate), int(segments), rate
 
 
-def run(args: argparse.Namespace) -> dict:
+def run_scoring(args: argparse.Namespace) -> dict:
     """Load the model, identify, write the JSON and the summary line.
 
     Args:
@@ -84,24 +90,27 @@ def run(args: argparse.Namespace) -> dict:
     Returns:
         The report (the JSON's content plus "summary", the one-line text).
     """
-    from espnet2.tasks.spk import encoder_choices
+    from espnet_imlspike.model_loading import load_trained_model, read_config
+    from espnet_imlspike.scoring.identification import identify, speaker_label_mapping
 
-    from espnet_imlspike.model_loading import load_trained_model
-    from espnet_imlspike.demo.spk_identification import identify, speaker_label_mapping
-
+    config = read_config(args.spk_train_config, "--spk_train_config")
+    if "spk_num" not in config and "spk2utt" not in config:
+        raise InputError(
+            f"{args.spk_train_config} is not a speaker model's config (spk_train writes "
+            "spk2utt and spk_num; an ASR config has neither)")
     model, config = load_trained_model(
-        args.spk_train_config, args.spk_model_file,
-        encoders=tuple(encoder_choices.classes), task="spk")
+        args.spk_train_config, args.spk_model_file, encoders=None, task="spk",
+        allow_uncalibrated=args.allow_uncalibrated)
     spk2utt = args.spk2utt or Path(config.get("spk2utt") or "")
     if not str(spk2utt) or str(spk2utt) == ".":
-        raise FileNotFoundError(
+        raise InputError(
             f"{args.spk_train_config} names no spk2utt; give --spk2utt")
     if not spk2utt.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"training spk2utt {spk2utt}: no such file (give --spk2utt)")
     spk2label = speaker_label_mapping(spk2utt)
     if config.get("spk_num") not in (None, len(spk2label)):
-        raise ValueError(f"{spk2utt} lists {len(spk2label)} speakers but the model was "
+        raise InputError(f"{spk2utt} lists {len(spk2label)} speakers but the model was "
                          f"trained with spk_num {config['spk_num']}")
     target, num_eval, rate = crop_settings(config, args.target_duration, args.num_eval)
     result = identify(model, spk2label, args.data_dir, target, num_eval, args.batch_size)
@@ -116,7 +125,6 @@ def run(args: argparse.Namespace) -> dict:
         "chance": 100.0 / len(spk2label),
         **result,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "spk_id_accuracy.json").write_text(json.dumps(report, indent=2))
     line = (f"{args.data_dir}: speaker identification accuracy {report['accuracy']:.2f}% "
             f"({report['correct']}/{report['utterances']} utterances, "
@@ -128,18 +136,18 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    from espnet_imlspike.model_loading import ModelLoadError
-    from espnet_imlspike.demo.spk_identification import IdentificationError
+    def body(args):
+        for path, flag in ((args.spk_train_config, "--spk_train_config"),
+                           (args.spk_model_file, "--spk_model_file")):
+            if not path.is_file():
+                raise InputError(f"{flag} {path}: no such file")
+        for name in ("wav.scp", "utt2spk"):
+            if not (args.data_dir / name).is_file():
+                raise InputError(f"--data_dir {args.data_dir}: no {name}")
+        prepare_output_dir(args.output_dir, OUTPUTS, args.overwrite)
+        print(run_scoring(args)["summary"])
 
-    args = get_parser().parse_args(cmd)
-    if args.batch_size < 1:
-        sys.exit("spk_id_accuracy: error: --batch_size must be >= 1")
-    try:
-        report = run(args)
-    except (ModelLoadError, IdentificationError, FileNotFoundError, ValueError,
-            yaml.YAMLError) as error:
-        sys.exit(f"spk_id_accuracy: error: {error}")
-    print(report["summary"])
+    run(get_parser(), body, cmd)
 
 
 if __name__ == "__main__":

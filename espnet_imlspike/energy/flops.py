@@ -10,35 +10,11 @@ Each :class:`LayerCost` names the neuron layer whose spikes feed it (``source``)
 of the training form, every layer of an ANN): those count as MACs.
 """
 
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import torch
 
-
-@dataclass
-class LayerCost:
-    name: str
-    flops: int
-    source: Optional[str]  # neuron layer feeding this layer, None = real-valued input
-
-
-def conv_front_costs(embed, in_frames: int, features: int) -> List[LayerCost]:
-    """MACs of ESPnet's Conv2dSubsampling* (or the linear embedding) for one utterance."""
-    if isinstance(embed, torch.nn.Sequential):  # input_layer: linear
-        linear = embed[0]
-        return [LayerCost("embed.linear", in_frames * linear.in_features * linear.out_features, None)]
-    costs, frames, freq = [], in_frames, features
-    for index, layer in enumerate(embed.conv):
-        if isinstance(layer, torch.nn.Conv2d):
-            kernel, stride = layer.kernel_size[0], layer.stride[0]
-            frames = (frames - kernel) // stride + 1
-            freq = (freq - kernel) // stride + 1
-            macs = frames * freq * layer.out_channels * layer.in_channels * kernel * kernel
-            costs.append(LayerCost(f"embed.conv.{index}", macs, None))
-    linear = embed.out[0]
-    costs.append(LayerCost("embed.out", frames * linear.in_features * linear.out_features, None))
-    return costs
+from espnet_imlspike.energy.ops import LayerCost, conv_front_costs
 
 
 def transformer_block_costs(prefix: str, length: int, size: int, units: int) -> List[LayerCost]:
@@ -65,13 +41,11 @@ def spiking_block_costs(
     (training form) ``X W_Q``, ``X W_K`` are spike-driven but ``Q K^T`` multiplies two
     real-valued matrices (MAC).
     """
-    from espnet_imlspike.attention import SDSA3
-
     attn = block.self_attn
     x_in = f"{prefix}.attn_input_neuron"
     a = f"{prefix}.self_attn"
     costs = []
-    if isinstance(attn, SDSA3) or type(attn).__name__ == "DeploySDSA3":
+    if attn.kind == "sdsa3":
         d_k = size // attn.heads
         costs += [
             LayerCost(f"{a}.linear_q", length * size * size, x_in),

@@ -1,23 +1,12 @@
 """Forward hooks that record firing statistics of every spiking neuron layer."""
 
+from contextlib import nullcontext
 from typing import Dict, List, Optional
 
 import torch
 
-from espnet_imlspike.neurons import (
-    InputAwareMultiLevelSpikeNeuron,
-    MultiLevelSpikeNeuron,
-    MultiStepIFNeuron,
-)
-
-SPIKING_NEURONS = (InputAwareMultiLevelSpikeNeuron, MultiLevelSpikeNeuron, MultiStepIFNeuron)
-
-
-def spiking_neuron_types():
-    """Neuron classes of the training and deploy forms."""
-    from espnet_imlspike.deploy import FrozenThresholdNeuron
-
-    return SPIKING_NEURONS + (FrozenThresholdNeuron,)
+from espnet_imlspike.errors import InputError
+from espnet_imlspike.neurons import SpikingNeuron
 
 
 class LayerFiring:
@@ -83,10 +72,9 @@ class FiringRateRecorder:
         self.attention: Dict[str, torch.Tensor] = {}
         self._want_maps = attention_maps
         self._handles: List = []
-        types = spiking_neuron_types()
-        self.neurons = {n: m for n, m in model.named_modules() if isinstance(m, types)}
+        self.neurons = {n: m for n, m in model.named_modules() if isinstance(m, SpikingNeuron)}
         if not self.neurons:
-            raise ValueError(
+            raise InputError(
                 f"{type(model).__name__} has no spiking neuron layers: nothing to record"
             )
 
@@ -94,11 +82,8 @@ class FiringRateRecorder:
         for name, module in self.neurons.items():
             self._handles.append(module.register_forward_hook(self._firing_hook(name)))
         if self._want_maps:
-            from espnet_imlspike.attention import HDRepSSA
-            from espnet_imlspike.deploy import FusedHDRepSSA
-
             for name, module in self.model.named_modules():
-                if isinstance(module, (HDRepSSA, FusedHDRepSSA)):
+                if hasattr(module, "attention_map"):  # HD-RepSSA, training or deploy form
                     self._handles.append(module.register_forward_hook(self._map_hook(name)))
         return self
 
@@ -114,7 +99,7 @@ class FiringRateRecorder:
                 self.layers[name] = LayerFiring(
                     output.size(-1),
                     module.timesteps,
-                    isinstance(module, MultiStepIFNeuron),
+                    module.multistep,
                 )
             self.layers[name].add(output, valid)
 
@@ -123,7 +108,9 @@ class FiringRateRecorder:
     def _map_hook(self, name: str):
         def hook(module, inputs, output):
             if name not in self.attention:
-                with torch.no_grad():
+                # recomputed for the plot only: an op counter must not count it twice
+                counter = getattr(module, "counter", None)
+                with torch.no_grad(), (counter.paused() if counter else nullcontext()):
                     self.attention[name] = module.attention_map(*inputs).detach().cpu()
 
         return hook

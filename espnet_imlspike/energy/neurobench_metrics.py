@@ -42,7 +42,7 @@ def neurobench_metrics(model, utterances, run_encoder_input) -> Dict[str, float]
     from neurobench.metrics.workload import ActivationSparsity, SynapticOperations
     from neurobench.models import TorchModel
 
-    from espnet_imlspike.energy.hooks import spiking_neuron_types
+    from espnet_imlspike.neurons import SpikingNeuron
 
     class EncoderOnly(torch.nn.Module):
         def __init__(self, encoder):
@@ -61,7 +61,7 @@ def neurobench_metrics(model, utterances, run_encoder_input) -> Dict[str, float]
     wrapped = TorchModel(EncoderOnly(model.encoder))
     # only our spiking neuron layers (NeuroBench's default list adds the ReLUs of the
     # convolutional front, which are not spikes)
-    wrapped.activation_modules = list(spiking_neuron_types())
+    wrapped.activation_modules = [SpikingNeuron]
     loader = torch.utils.data.DataLoader(features, batch_size=None)  # already batched
     benchmark = Benchmark(wrapped, loader, [], [],
                           [[], [SynapticOperations, ActivationSparsity]])

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from espnet_imlspike.energy.flops import LayerCost
+from espnet_imlspike.energy.ops import LayerCost
+from espnet_imlspike.errors import InputError
 
 PJ_PER_MJ = 1e9
 
@@ -54,7 +55,7 @@ def model_energy(
         {"energy_mj": mean total, "layers": [{name, flops, source, rate, energy_mj}]}
     """
     if not utterance_costs:
-        raise ValueError("no utterances to report on")
+        raise InputError("no utterances to report on")
     count = len(utterance_costs)
     layers = []
     for index, first in enumerate(utterance_costs[0]):

@@ -35,5 +35,5 @@ if [ "$with_sdt" = true ]; then
 fi
 python=${PYTHON:-python3}
 # shellcheck disable=SC2086
-exec "$python" -m espnet_imlspike.demo.asr_pipeline --corpus speech \
+exec "$python" "$here/../../_common/pyscripts/asr_pipeline.py" --corpus speech \
   --out_dir "${out_dir:-$here/exp_${size}}" --ngpu "$ngpu" $counts --config "${configs[@]}"

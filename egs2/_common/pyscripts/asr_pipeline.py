@@ -19,12 +19,9 @@ from typing import Dict, List, Optional, Sequence
 
 import soundfile
 
-from espnet_imlspike.demo.kaldi_data import read_kaldi_map
-from espnet_imlspike.demo.stage import run_stage
-from espnet_imlspike.demo.tone_corpus import LETTERS
-
-TOKENS = ["<blank>", "<unk>", *LETTERS, "<sos/eos>"]
-
+from espnet2.fileio.read_text import read_2columns_text
+from stages import run_stage
+from tone_corpus import LETTERS
 
 @dataclass
 class TokenSetup:
@@ -58,7 +55,7 @@ def bpe_tokens(out_dir: Path, train_dir: Path, vocab_size: int) -> TokenSetup:
 
     token_dir = out_dir / "token_list" / f"bpe_unigram{vocab_size}"
     token_dir.mkdir(parents=True, exist_ok=True)
-    texts = [v for v in read_kaldi_map(train_dir / "text").values()]
+    texts = [v for v in read_2columns_text(train_dir / "text").values()]
     (token_dir / "train.txt").write_text("\n".join(texts) + "\n")
     sentencepiece.SentencePieceTrainer.train(
         input=str(token_dir / "train.txt"), vocab_size=vocab_size, model_type="unigram",
@@ -80,10 +77,10 @@ def write_shape_files(data_dir: Path, shape_dir: Path, token_type: str) -> None:
     """speech_shape (samples) and a rough text shape (characters), for collect_stats."""
     shape_dir.mkdir(parents=True, exist_ok=True)
     with open(shape_dir / "speech_shape", "w") as f:
-        for key, path in read_kaldi_map(data_dir / "wav.scp").items():
+        for key, path in read_2columns_text(data_dir / "wav.scp").items():
             f.write(f"{key} {soundfile.info(path).frames}\n")
     with open(shape_dir / f"text_shape.{token_type}", "w") as f:
-        for key, text in read_kaldi_map(data_dir / "text").items():
+        for key, text in read_2columns_text(data_dir / "text").items():
             f.write(f"{key} {len(text)}\n")
 
 
@@ -101,11 +98,6 @@ def error_rates(ref: Dict[str, str], hyp: Dict[str, str]) -> Dict[str, float]:
     words = sum(len(v.split()) for v in ref.values())
     return {"cer": 100.0 * char_errors / max(1, chars),
             "wer": 100.0 * word_errors / max(1, words)}
-
-
-def character_error_rate(ref: Dict[str, str], hyp: Dict[str, str]) -> float:
-    """CER in percent (see :func:`error_rates`)."""
-    return error_rates(ref, hyp)["cer"]
 
 
 def data_args(
@@ -142,7 +134,7 @@ def collect_stats(out_dir: Path, config: Path, dirs: Dict[str, Path], tokens: To
     )
     for split in ("train", "valid"):
         # as asr.sh does: the token shape is "<length>,<vocabulary size>"
-        shapes = read_kaldi_map(stats_dir / split / "text_shape")
+        shapes = read_2columns_text(stats_dir / split / "text_shape")
         with open(stats_dir / split / f"text_shape.{kind}", "w") as f:
             for key, shape in shapes.items():
                 f.write(f"{key} {shape},{tokens.size()}\n")
@@ -204,8 +196,8 @@ def train_and_decode(
          "--output_dir", str(decode_dir)],
         out_dir / "logs" / f"decode_{tag}.log",
     )
-    hyp = read_kaldi_map(decode_dir / "1best_recog" / "text")
-    scores = error_rates(read_kaldi_map(dirs["test"] / "text"), hyp)
+    hyp = read_2columns_text(decode_dir / "1best_recog" / "text")
+    scores = error_rates(read_2columns_text(dirs["test"] / "text"), hyp)
     return {**scores, "exp_dir": exp_dir, "decode_dir": decode_dir}
 
 
@@ -264,13 +256,13 @@ def main(argv=None) -> None:
     sizes = {"train": args.num_train, "valid": args.num_valid, "test": args.num_test}
     print(f"[1/4] generating the {args.corpus} corpus {sizes}", flush=True)
     if args.corpus == "speech":
-        from espnet_imlspike.demo.speech_corpus import make_corpus
+        from speech_corpus import make_corpus
 
         dirs = make_corpus(args.out_dir, sizes)
         print("[2/4] training the sentencepiece token model", flush=True)
         tokens = bpe_tokens(args.out_dir, dirs["train"], args.bpe_vocab_size)
     else:
-        from espnet_imlspike.demo.tone_corpus import make_corpus
+        from tone_corpus import make_corpus
 
         dirs = make_corpus(args.out_dir, sizes)
         tokens = char_tokens(args.out_dir)
@@ -305,8 +297,7 @@ def main(argv=None) -> None:
     table = comparison_table(rows)
     (args.out_dir / "results.md").write_text(table + "\n")
     print("\n" + table)
-    chance = "100%" if args.corpus == "speech" else "100%"
-    print(f"\nA model that outputs nothing scores {chance}. Encoder energy: blocks, without the "
+    print(f"\nA model that outputs nothing scores 100%. Encoder energy: blocks, without the "
           f"convolutional front (see README); the Transformer row is the ANN of the same size. "
           f"{time.time() - start:.0f} s in all; outputs in {args.out_dir}/ (decode/, energy/, "
           f"results.md)")

@@ -20,13 +20,15 @@ import itertools
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 
-from espnet_imlspike.demo.kaldi_data import read_kaldi_map as read_map
-from espnet_imlspike.demo.stage import run_stage
-from espnet_imlspike.demo.tone_corpus import make_corpus
+from espnet2.fileio.read_text import read_2columns_text
+from stages import run_stage
+from tone_corpus import make_corpus
+
+from espnet_imlspike.scoring.verification import equal_error_rate, score_trials
 
 FOLD_LENGTH = "120000"  # spk.sh's default fold_length (samples)
 
@@ -38,10 +40,10 @@ def subset_data_dir(src: Path, dst: Path, speakers: Sequence[str]) -> Path:
     ESPnet's category iterator).
     """
     keep = set(speakers)
-    utt2spk = {u: s for u, s in read_map(src / "utt2spk").items() if s in keep}
+    utt2spk = {u: s for u, s in read_2columns_text(src / "utt2spk").items() if s in keep}
     if set(utt2spk.values()) != keep:
         raise ValueError(f"speakers {sorted(keep - set(utt2spk.values()))} not in {src}")
-    wavs = read_map(src / "wav.scp")
+    wavs = read_2columns_text(src / "wav.scp")
     dst.mkdir(parents=True, exist_ok=True)
     with open(dst / "wav.scp", "w") as scp, open(dst / "utt2spk", "w") as u2s:
         for utt in sorted(utt2spk):
@@ -62,8 +64,8 @@ def write_trials(data_dir: Path) -> int:
     ``trial.scp`` / ``trial2.scp`` map the key ``<utt1>*<utt2>`` to the two wav files and
     ``trial_label`` to 1 (same speaker) or 0, as ESPnet's SPK recipes lay them out.
     """
-    wavs = read_map(data_dir / "wav.scp")
-    utt2spk = read_map(data_dir / "utt2spk")
+    wavs = read_2columns_text(data_dir / "wav.scp")
+    utt2spk = read_2columns_text(data_dir / "utt2spk")
     pairs = list(itertools.combinations(sorted(wavs), 2))
     with open(data_dir / "trial.scp", "w") as t1, open(
         data_dir / "trial2.scp", "w"
@@ -115,7 +117,7 @@ def collect_stats(out_dir: Path, config: Path, dirs: Dict[str, Path]) -> Path:
     # utils/split_scp.pl with a single output copies the key file
     (logdir / "train.1.scp").write_text((dirs["train"] / "wav.scp").read_text())
     (logdir / "valid.1.scp").write_text((dirs["test"] / "trial.scp").read_text())
-    spk_num = str(len(read_map(dirs["train"] / "spk2utt")))
+    spk_num = str(len(read_2columns_text(dirs["train"] / "spk2utt")))
     run_stage(
         [python, "-m", "espnet2.bin.spk_train", "--collect_stats", "true",
          "--use_preprocessor", "false",
@@ -159,7 +161,7 @@ def train(
          "--valid_data_path_and_name_and_type", f"{valid_dir}/trial2.scp,speech2,sound",
          "--valid_data_path_and_name_and_type", f"{valid_dir}/trial_label,spk_labels,text",
          "--spk2utt", f"{train_dir}/spk2utt",
-         "--spk_num", str(len(read_map(train_dir / "spk2utt"))),
+         "--spk_num", str(len(read_2columns_text(train_dir / "spk2utt"))),
          "--fold_length", FOLD_LENGTH,
          "--valid_shape_file", f"{stats_dir}/valid/speech_shape",
          "--config", str(config),
@@ -194,72 +196,6 @@ def extract_embeddings(
         out_dir / "logs" / f"extract_{tag}.log",
     )
     return infer_dir / f"{test_dir.name}_embeddings.npz"
-
-
-def cosine_score(enroll: np.ndarray, test: np.ndarray) -> float:
-    """Mean cosine similarity over all pairs of segment embeddings of two utterances.
-
-    Args:
-        enroll: (segments, dim) or (dim,) embeddings of one utterance.
-        test: The same for the other utterance.
-    """
-    a = np.atleast_2d(np.asarray(enroll, dtype=np.float64))
-    b = np.atleast_2d(np.asarray(test, dtype=np.float64))
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a @ b.T).mean())
-
-
-def score_trials(
-    embeddings: Dict[str, np.ndarray], trial_label: Path
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores and 0/1 labels of the trials listed in ``trial_label``."""
-    scores, labels = [], []
-    for key, label in read_map(trial_label).items():
-        first, second = key.split("*")
-        scores.append(cosine_score(embeddings[first], embeddings[second]))
-        labels.append(int(label))
-    return np.array(scores), np.array(labels)
-
-
-def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Equal error rate (a fraction) of verification scores; higher score = same speaker.
-
-    A trial is accepted when its score is >= the threshold. Sweeping the threshold down
-    over the distinct scores traces the false-rejection rate FRR (targets below it)
-    against the false-acceptance rate FAR (non-targets at or above it), starting from
-    (FAR, FRR) = (0, 1); consecutive points are joined by straight lines (so tied target
-    and non-target scores give a diagonal segment) and the EER is where that curve
-    crosses FAR = FRR.
-
-    Args:
-        scores: One score per trial.
-        labels: 1 for target (same speaker) trials, 0 for non-target trials.
-
-    Returns:
-        The EER in [0, 1].
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError("scores and labels must be 1-D of the same length")
-    if not set(np.unique(labels)) <= {0, 1}:
-        raise ValueError("labels must be 0 or 1")
-    targets = scores[labels == 1]
-    nontargets = scores[labels == 0]
-    if not len(targets) or not len(nontargets):
-        raise ValueError("need at least one target and one non-target trial")
-    far, frr = [0.0], [1.0]
-    for threshold in np.unique(scores)[::-1]:
-        far.append(np.mean(nontargets >= threshold))
-        frr.append(np.mean(targets < threshold))
-    for i in range(1, len(far)):
-        if frr[i] <= far[i]:  # crossed between point i-1 (FRR > FAR) and point i
-            d_prev = frr[i - 1] - far[i - 1]
-            d_here = frr[i] - far[i]
-            w = d_prev / (d_prev - d_here)
-            return float(far[i - 1] + w * (far[i] - far[i - 1]))
-    raise AssertionError("unreachable: the last point has FAR = 1 >= FRR = 0")
 
 
 def run_verification(

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from espnet_imlspike.demo.kaldi_data import SAMPLE_RATE, write_data_dir
+from kaldi_data import SAMPLE_RATE, write_data_dir
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 VOICES = [

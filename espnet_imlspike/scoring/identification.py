@@ -22,10 +22,13 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+from espnet2.fileio.read_text import read_2columns_text
 from typeguard import typechecked
 
+from espnet_imlspike.errors import InputError
 
-class IdentificationError(Exception):
+
+class IdentificationError(InputError):
     """Inputs that cannot be scored, with the reason."""
 
 
@@ -174,14 +177,12 @@ def read_test_set(data_dir: Path) -> Tuple[List[Tuple[str, str]], object]:
     """
     from espnet2.train.dataset import ESPnetDataset
 
-    from espnet_imlspike.demo.kaldi_data import read_kaldi_map
-
     scp, utt2spk_path = data_dir / "wav.scp", data_dir / "utt2spk"
     for path in (scp, utt2spk_path):
         if not path.is_file():
             raise IdentificationError(f"{path}: no such file")
-    utt2spk = read_kaldi_map(utt2spk_path)
-    wavs = read_kaldi_map(scp)
+    utt2spk = read_2columns_text(utt2spk_path)
+    wavs = read_2columns_text(scp)
     if not wavs:
         raise IdentificationError(f"{scp} lists no utterances")
     missing = [u for u in wavs if u not in utt2spk]
@@ -224,6 +225,12 @@ def identify(
         raise IdentificationError(
             f"{data_dir}/utt2spk has speakers the model was not trained on: "
             f"{', '.join(unseen)} (closed-set identification needs training speakers)")
+    wavs = read_2columns_text(data_dir / "wav.scp")
+    absent = [f"{u} ({wavs[u]})" for u, _ in utterances
+              if not wavs[u].endswith("|") and not Path(wavs[u]).is_file()]
+    if absent:
+        raise IdentificationError(f"{data_dir}/wav.scp names audio files that do not "
+                                  f"exist: {absent[:3]}")
     label2spk = {label: spk for spk, label in spk2label.items()}
     model.eval()
     predictions: Dict[str, Dict[str, object]] = {}

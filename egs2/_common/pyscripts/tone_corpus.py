@@ -12,7 +12,7 @@ from typing import Dict
 
 import numpy as np
 
-from espnet_imlspike.demo.kaldi_data import SAMPLE_RATE, write_data_dir
+from kaldi_data import SAMPLE_RATE, write_data_dir
 LETTERS = "abcdef"
 BASE_FREQUENCIES = {c: 220.0 * 2 ** (i / 3) for i, c in enumerate(LETTERS)}
 

@@ -1,4 +1,5 @@
-"""Kaldi-style data directories: writing wav.scp/text/utt2spk/spk2utt, reading maps."""
+"""Kaldi-style data directories: writing wav.scp, text, utt2spk and spk2utt (reading
+them is ESPnet's ``espnet2.fileio.read_text.read_2columns_text``)."""
 
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -35,14 +36,3 @@ def write_data_dir(
     with open(data_dir / "spk2utt", "w") as f:
         for speaker in sorted(spk2utt):
             f.write(f"{speaker} {' '.join(spk2utt[speaker])}\n")
-
-
-def read_kaldi_map(path: Path) -> Dict[str, str]:
-    """Read a Kaldi-style 'key value...' file into a dict."""
-    entries = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition(" ")
-            if key:
-                entries[key] = value
-    return entries

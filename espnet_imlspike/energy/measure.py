@@ -2,11 +2,12 @@
 count FLOPs per utterance, price them, and write JSON, Markdown and PNG outputs."""
 
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from espnet_imlspike.energy.flops import encoder_costs
+from espnet_imlspike.errors import InputError
 from espnet_imlspike.energy.hooks import FiringRateRecorder
 from espnet_imlspike.energy.report import (
     EnergyConstants,
@@ -19,6 +20,12 @@ from espnet_imlspike.energy.report import (
 Utterance = Tuple[str, torch.Tensor]  # key, waveform or features (samples, ...)
 
 
+class Measurement(NamedTuple):
+    recorder: FiringRateRecorder
+    lengths: List[Tuple[int, int]]  # (encoder input frames, output frames) per utterance
+    skipped: List[str]  # utterances too short for the encoder's subsampling
+
+
 def measure(
     model: torch.nn.Module,
     encoder: torch.nn.Module,
@@ -26,12 +33,13 @@ def measure(
     run: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], None],
     progress: bool = True,
     total: Optional[int] = None,
-):
+) -> Measurement:
     """Run ``run(model, x, lengths)`` per utterance with hooks on ``encoder``.
 
-    Returns:
-        (recorder, [(encoder input frames, encoder output frames) per utterance])
+    An utterance too short for the subsampling (ESPnet's ``TooShortUttError``, which
+    ``asr_inference`` turns into an empty hypothesis) is skipped and listed.
     """
+    from espnet.nets.pytorch_backend.transformer.subsampling import TooShortUttError
     from tqdm import tqdm
 
     lengths: List[Tuple[int, int]] = []
@@ -45,17 +53,25 @@ def measure(
     recorder = FiringRateRecorder(encoder, attention_maps=True)
     handle = encoder.register_forward_hook(frames_hook)
     model.eval()
+    skipped: List[str] = []
     try:
         with recorder, torch.no_grad():
             for key, x in tqdm(utterances, total=total, disable=not progress,
                                desc="energy report", unit="utt"):
                 x = x.unsqueeze(0)
-                run(model, x, torch.tensor([x.size(1)]))
+                try:
+                    run(model, x, torch.tensor([x.size(1)]))
+                except TooShortUttError:
+                    skipped.append(key)
     finally:
         handle.remove()
     if not lengths:
-        raise ValueError("no utterances to report on (empty data set)")
-    return recorder, lengths
+        raise InputError(
+            "no utterances to report on ("
+            + (f"all {len(skipped)} too short for the subsampling)" if skipped
+               else "empty data set)")
+        )
+    return Measurement(recorder, lengths, skipped)
 
 
 def build_report(

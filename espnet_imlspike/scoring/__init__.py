@@ -1,0 +1,2 @@
+"""Scoring of speaker models: closed-set identification (Table III's metric) and
+verification (cosine scoring, EER)."""
