@@ -105,7 +105,7 @@ class LIFNeuron(SpikingNeuron):
     def __init__(
         self,
         channels: int,
-        decay: float = 0.9,
+        decay: float = 0.5,
         threshold: float = 1.0,
         recurrent: bool = False,
         surrogate_width: float = 1.0,

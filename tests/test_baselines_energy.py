@@ -85,3 +85,31 @@ def test_energy_report_builds_for_the_spiking_leaf_back_end():
     snn = next(m for m in report["models"] if m["snn"])
     assert {layer["operation"] for layer in snn["layers"]} == {"AC"}
     assert "spiking_leaf" in text
+
+
+def test_every_smlp_layer_fires_at_initialisation():
+    """Regression: without normalised currents a default LIF layer never fires (and the
+    boxcar surrogate then passes no gradient); the shipped defaults fire sparsely."""
+    torch.manual_seed(0)
+    feats = torch.randn(2, 400, 80)
+    for neuron in ("lif", "gsu"):
+        encoder = SMLPEncoder(80, neuron=neuron, hidden_size=256, input_layer_size=128).eval()
+        with FiringRateRecorder(encoder) as recorder, torch.no_grad():
+            encoder(feats, torch.tensor([400, 300]))
+        for name, layer in recorder.layers.items():
+            assert 0.01 < layer.rate < 0.6, (neuron, name, layer.rate)
+    back_end = SMLPSpeakerEncoder(40).eval()  # Spiking-LEAF's recurrent LIF back-end
+    with FiringRateRecorder(back_end) as recorder, torch.no_grad():
+        back_end((torch.rand(2, 200, 40) < 0.15).float())
+    assert all(0.01 < layer.rate < 0.6 for layer in recorder.layers.values())
+
+
+def test_current_normalisation_is_a_lif_option_without_parameters():
+    from espnet_imlspike.errors import OptionError
+
+    plain = SMLPEncoder(80, normalize_current=False)
+    normed = SMLPEncoder(80, normalize_current=True)
+    assert sum(p.numel() for p in plain.parameters()) == sum(
+        p.numel() for p in normed.parameters())
+    with pytest.raises(OptionError, match="LIF options"):
+        SMLPEncoder(80, neuron="gsu", normalize_current=True)

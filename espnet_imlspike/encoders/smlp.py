@@ -55,6 +55,8 @@ class SMLPEncoder(AbsEncoder):
         recurrent: LIF layer-wise recurrence (RLIF).
         bias: Bias of the LIF layers' Linear (Bittar & Garner: none).
         membrane_norm: GSU membrane normalisation, "none" or "layernorm".
+        normalize_current: LIF: parameter-free LayerNorm of each layer's currents
+            (default on for LIF, off for GSU; see smlp_layers).
     """
 
     timesteps = 1  # one neuron step per (subsampled) frame
@@ -70,11 +72,12 @@ class SMLPEncoder(AbsEncoder):
         input_layer: Optional[str] = "conv2d",
         input_layer_size: int = 512,
         dropout_rate: float = 0.1,
-        decay: float = 0.9,
+        decay: float = 0.5,
         threshold: Optional[float] = None,
         recurrent: bool = False,
         bias: bool = False,
         membrane_norm: str = "none",
+        normalize_current: Optional[bool] = None,
     ):
         super().__init__()
         if input_layer is not None and input_layer not in CONV_SUBSAMPLING:
@@ -100,6 +103,7 @@ class SMLPEncoder(AbsEncoder):
             first, hidden_size, num_layers, neuron=neuron, bias=bias,
             recurrent=recurrent, decay=decay, threshold=threshold,
             membrane_norm=membrane_norm, dropout_rate=dropout_rate,
+            normalize_current=normalize_current,
         )
         self.readout = torch.nn.Linear(hidden_size, output_size)
 
@@ -186,6 +190,7 @@ class SMLPSpeakerEncoder(AbsEncoder):
         threshold: Firing threshold (default: LIF 1, GSU 0).
         bias: Bias of the LIF layers' Linear.
         membrane_norm: GSU membrane normalisation.
+        normalize_current: LIF: parameter-free LayerNorm of each layer's currents.
     """
 
     timesteps = 1
@@ -200,10 +205,11 @@ class SMLPSpeakerEncoder(AbsEncoder):
         recurrent: bool = True,
         input_spikes: bool = True,
         dropout_rate: float = 0.0,
-        decay: float = 0.9,
+        decay: float = 0.5,
         threshold: Optional[float] = None,
         bias: bool = False,
         membrane_norm: str = "none",
+        normalize_current: Optional[bool] = None,
     ):
         super().__init__()
         self.input_size = input_size
@@ -212,6 +218,7 @@ class SMLPSpeakerEncoder(AbsEncoder):
             input_size, hidden_size, num_layers, neuron=neuron, bias=bias,
             recurrent=recurrent, decay=decay, threshold=threshold,
             membrane_norm=membrane_norm, dropout_rate=dropout_rate,
+            normalize_current=normalize_current,
         )
         self._output_size = hidden_size
 

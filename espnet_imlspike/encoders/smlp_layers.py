@@ -4,9 +4,14 @@ Each layer is a synaptic ``Linear`` followed by a frame-stepped neuron of
 :mod:`espnet_imlspike.neurons_recurrent` (module names ``layers.<i>.linear`` and
 ``layers.<i>.neuron``, which the energy report uses):
 
-* ``lif``: ``Linear(in, H)`` (bias optional; Bittar & Garner's layers have none) then a
+* ``lif``: ``Linear(in, H)`` (bias optional; Bittar & Garner's layers have none), a
+  LayerNorm *without* affine parameters over the H currents of each frame, then a
   :class:`~espnet_imlspike.neurons_recurrent.LIFNeuron` (optionally with its recurrent
-  ``H x H`` matrix);
+  ``H x H`` matrix). Bittar & Garner normalise ``W x`` with BatchNorm; without any
+  normalisation the currents of a default-initialised layer stay far below the
+  threshold (std ~0.06 for theta = 1), no neuron fires and the boxcar surrogate passes no
+  gradient, so the layer never learns. The parameter-free LayerNorm fixes that without
+  adding parameters and keeps every utterance independent of its batch;
 * ``gsu``: ``Linear(in, 2H)`` (with the bias ``b_ih`` of the GSU cell: gate and cell
   pre-activations) then a :class:`~espnet_imlspike.neurons_recurrent.GatedSpikingUnit`
   (its ``2H x H`` recurrent matrix inside).
@@ -39,6 +44,8 @@ class SpikingLayer(torch.nn.Module):
         threshold: Firing threshold (LIF default 1, GSU default 0).
         membrane_norm: GSU only: "none" or "layernorm".
         dropout_rate: Dropout on the output spikes (training only).
+        normalize_current: LIF only: parameter-free LayerNorm of the currents ``W x``
+            (default: on for LIF; the GSU's gate keeps its own scale).
     """
 
     @typechecked
@@ -49,12 +56,14 @@ class SpikingLayer(torch.nn.Module):
         neuron: str = "lif",
         bias: bool = False,
         recurrent: bool = False,
-        decay: float = 0.9,
+        decay: float = 0.5,
         threshold: Optional[float] = None,
         membrane_norm: str = "none",
         dropout_rate: float = 0.0,
+        normalize_current: Optional[bool] = None,
     ):
         super().__init__()
+        self.current_norm = None
         if neuron == "lif":
             if membrane_norm != "none":
                 raise OptionError("membrane_norm is a GSU option; neuron 'lif' has none")
@@ -62,10 +71,15 @@ class SpikingLayer(torch.nn.Module):
             self.neuron = LIFNeuron(
                 hidden_size, decay, 1.0 if threshold is None else threshold, recurrent
             )
+            if normalize_current is None or normalize_current:
+                self.current_norm = torch.nn.LayerNorm(hidden_size, elementwise_affine=False)
         elif neuron == "gsu":
-            if recurrent or bias:
+            if recurrent or bias or normalize_current:
                 # the GSU cell always has W_hh and b_ih: these LIF switches would mislead
-                raise OptionError("recurrent and bias are LIF options; the GSU has both")
+                raise OptionError(
+                    "recurrent, bias and normalize_current are LIF options (the GSU "
+                    "always has W_hh and b_ih)"
+                )
             self.linear = torch.nn.Linear(input_size, 2 * hidden_size)
             self.neuron = GatedSpikingUnit(
                 hidden_size, 0.0 if threshold is None else threshold, membrane_norm
@@ -75,7 +89,10 @@ class SpikingLayer(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.dropout(self.neuron(self.linear(x), valid))
+        current = self.linear(x)
+        if self.current_norm is not None:
+            current = self.current_norm(current)
+        return self.dropout(self.neuron(current, valid))
 
 
 class SpikingLayerStack(torch.nn.Module):
