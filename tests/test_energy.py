@@ -233,8 +233,9 @@ def test_energy_report_cli_bad_inputs(tiny_iml_asr, tmp_path):
     ann = yaml.safe_load((exp / "config.yaml").read_text())
     ann["encoder"] = "transformer"
     (tmp_path / "ann.yaml").write_text(yaml.safe_dump(ann))
-    not_spiking = report(tmp_path / "ann.yaml", exp / "valid.acc.best.pth", test_dir)
-    assert not_spiking.returncode != 0 and "no spiking neurons" in not_spiking.stderr
+    not_its_config = report(tmp_path / "ann.yaml", exp / "valid.acc.best.pth", test_dir)
+    assert not_its_config.returncode == 2
+    assert "encoder 'iml_spikeformer' vs 'transformer'" in not_its_config.stderr
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/wav.scp").write_text("")
     empty = report(exp / "config.yaml", exp / "valid.acc.best.pth", tmp_path / "empty")
@@ -253,4 +254,10 @@ def test_include_front_adds_exactly_the_front_energy_to_both_models():
     for index in range(2):
         assert with_front["models"][index]["energy_mj"] == pytest.approx(
             blocks["models"][index]["energy_mj"] + blocks["front_energy_mj"])
-    assert "encoder with the convolutional front" in text
+    assert "headline energy_mj in energy.json is with the front" in text
+    # both conventions are in every summary table, labelled
+    assert "Energy, blocks only (mJ)" in text and "Energy, with conv front (mJ)" in text
+    for index in range(2):
+        model = with_front["models"][index]
+        assert model["energy_blocks_mj"] == pytest.approx(blocks["models"][index]["energy_mj"])
+        assert model["energy_with_front_mj"] == pytest.approx(model["energy_mj"])

@@ -14,20 +14,37 @@ from typing import List
 
 import torch
 
-from espnet_imlspike.energy.ops import LayerCost, conv_front_costs
+from espnet_imlspike.energy.ops import LayerCost, LayerShape, conv_front_costs, linear_shape
 
 
-def transformer_block_costs(prefix: str, length: int, size: int, units: int) -> List[LayerCost]:
+def _linear(name: str, length: int, fan_in: int, fan_out: int, source=None) -> LayerCost:
+    return LayerCost(name, length * fan_in * fan_out, source,
+                     linear_shape(length, fan_in, fan_out))
+
+
+def _map_shapes(length: int, size: int, heads: int):
+    """Shapes of ``Q K^T`` and ``A V`` of a softmax attention (real operands)."""
+    scores = LayerShape(length, size, length, length * size, heads * length * length,
+                        length * size)
+    context = LayerShape(length, length, size, length * size, length * size,
+                         heads * length * length)
+    return scores, context
+
+
+def transformer_block_costs(prefix: str, length: int, size: int, units: int,
+                            heads: int = 1) -> List[LayerCost]:
     """An ANN Transformer block (ESPnet EncoderLayer): every operation is a MAC."""
+    a = f"{prefix}.self_attn"
+    scores, context = _map_shapes(length, size, heads)
     return [
-        LayerCost(f"{prefix}.self_attn.linear_q", length * size * size, None),
-        LayerCost(f"{prefix}.self_attn.linear_k", length * size * size, None),
-        LayerCost(f"{prefix}.self_attn.linear_v", length * size * size, None),
-        LayerCost(f"{prefix}.self_attn.scores", length * length * size, None),
-        LayerCost(f"{prefix}.self_attn.context", length * length * size, None),
-        LayerCost(f"{prefix}.self_attn.linear_out", length * size * size, None),
-        LayerCost(f"{prefix}.feed_forward.w_1", length * size * units, None),
-        LayerCost(f"{prefix}.feed_forward.w_2", length * units * size, None),
+        _linear(f"{a}.linear_q", length, size, size),
+        _linear(f"{a}.linear_k", length, size, size),
+        _linear(f"{a}.linear_v", length, size, size),
+        LayerCost(f"{a}.scores", length * length * size, None, scores),
+        LayerCost(f"{a}.context", length * length * size, None, context),
+        _linear(f"{a}.linear_out", length, size, size),
+        _linear(f"{prefix}.feed_forward.w_1", length, size, units),
+        _linear(f"{prefix}.feed_forward.w_2", length, units, size),
     ]
 
 
@@ -45,37 +62,56 @@ def spiking_block_costs(
     x_in = f"{prefix}.attn_input_neuron"
     a = f"{prefix}.self_attn"
     costs = []
+    heads = attn.heads
     if attn.kind == "sdsa3":
-        d_k = size // attn.heads
+        d_k = size // heads
         costs += [
-            LayerCost(f"{a}.linear_q", length * size * size, x_in),
-            LayerCost(f"{a}.linear_k", length * size * size, x_in),
-            LayerCost(f"{a}.linear_v", length * size * size, x_in),
-            LayerCost(f"{a}.key_value", length * size * d_k, f"{a}.key_neuron"),
-            LayerCost(f"{a}.query_kv", length * size * d_k, f"{a}.query_neuron"),
+            _linear(f"{a}.linear_q", length, size, size, x_in),
+            _linear(f"{a}.linear_k", length, size, size, x_in),
+            _linear(f"{a}.linear_v", length, size, size, x_in),
+            # each key spike adds a value row of its head (d_k) into K^T V
+            LayerCost(f"{a}.key_value", length * size * d_k, f"{a}.key_neuron",
+                      LayerShape(length, size, d_k, length * size, size * d_k,
+                                 length * size)),
+            # each query spike adds a row of K^T V (d_k)
+            LayerCost(f"{a}.query_kv", length * size * d_k, f"{a}.query_neuron",
+                      LayerShape(length, size, d_k, size * d_k, length * size,
+                                 length * size)),
         ]
     else:
-        heads = attn.heads
         if fused_qk:
+            # X W_QK: each input spike adds a row of W_QK,h for every head (H D), and
+            # the two bias terms (2H); (X W_QK) X^T: each key spike adds one value of
+            # the projected map per head and valid query (H L)
             costs += [
-                LayerCost(f"{a}.x_wqk", heads * length * size * size, x_in),
-                LayerCost(f"{a}.scores", heads * length * length * size, x_in),
+                LayerCost(f"{a}.x_wqk", heads * length * size * size, x_in,
+                          LayerShape(length, size, heads * size, heads * size * size,
+                                     length * heads * size, length * size,
+                                     event_extra=2 * heads)),
+                LayerCost(f"{a}.scores", heads * length * length * size, x_in,
+                          LayerShape(length, size, heads * length, length * heads * size,
+                                     heads * length * length, length * size)),
             ]
         else:
+            scores, _ = _map_shapes(length, size, heads)
             costs += [
-                LayerCost(f"{a}.linear_q", length * size * size, x_in),
-                LayerCost(f"{a}.linear_k", length * size * size, x_in),
-                LayerCost(f"{a}.scores", length * length * size, None),
+                _linear(f"{a}.linear_q", length, size, size, x_in),
+                _linear(f"{a}.linear_k", length, size, size, x_in),
+                LayerCost(f"{a}.scores", length * length * size, None, scores),
             ]
         costs += [
-            LayerCost(f"{a}.linear_v", length * size * size, x_in),
-            LayerCost(f"{a}.context", length * length * size, f"{a}.value_neuron"),
+            _linear(f"{a}.linear_v", length, size, size, x_in),
+            # each value spike adds one attention weight per valid query row (L)
+            LayerCost(f"{a}.context", length * length * size, f"{a}.value_neuron",
+                      LayerShape(length, size, length, heads * length * length,
+                                 length * size, length * size)),
         ]
     costs += [
-        LayerCost(f"{a}.linear_out", length * size * size, f"{a}.attention_neuron"),
-        LayerCost(f"{prefix}.feed_forward.w_1", length * size * units, f"{prefix}.mlp_input_neuron"),
-        LayerCost(f"{prefix}.feed_forward.w_2", length * units * size,
-                  f"{prefix}.feed_forward.hidden_neuron"),
+        _linear(f"{a}.linear_out", length, size, size, f"{a}.attention_neuron"),
+        _linear(f"{prefix}.feed_forward.w_1", length, size, units,
+                f"{prefix}.mlp_input_neuron"),
+        _linear(f"{prefix}.feed_forward.w_2", length, units, size,
+                f"{prefix}.feed_forward.hidden_neuron"),
     ]
     return costs
 
@@ -110,7 +146,8 @@ def encoder_costs(
     for index, block in enumerate(encoder.encoders):
         prefix = f"encoders.{index}"
         if ann or not hasattr(block, "attn_input_neuron"):
-            costs += transformer_block_costs(prefix, out_frames, size, units)
+            heads = getattr(block.self_attn, "heads", None) or getattr(block.self_attn, "h", 1)
+            costs += transformer_block_costs(prefix, out_frames, size, units, heads)
         else:
             costs += spiking_block_costs(prefix, block, out_frames, size, units, fused_qk)
     return costs

@@ -15,6 +15,9 @@ class LayerFiring:
     ``spikes``: total spikes; ``neuron_steps``: neurons x frames x T it could have used;
     ``per_neuron``: spikes per channel; ``frames``: valid frames seen (times T for
     multi-step neurons, which see each frame once per step); ``nonzero``: outputs > 0.
+    ``calls``: (spikes, nonzero outputs, outputs, valid frames) of each forward call, in
+    order (one call per utterance in the energy report), for counts that weight each
+    utterance's spikes by its own length (the ``L^2`` attention products).
     """
 
     def __init__(self, channels: int, timesteps: int, multistep: bool):
@@ -26,6 +29,7 @@ class LayerFiring:
         self.outputs = 0
         self.frames = 0
         self.per_neuron = torch.zeros(channels, dtype=torch.float64)
+        self.calls: List[tuple] = []
 
     @property
     def neuron_steps(self) -> float:
@@ -46,10 +50,12 @@ class LayerFiring:
         if valid is None:
             valid = torch.ones(spikes.shape[:-1], dtype=torch.bool, device=spikes.device)
         kept = spikes[valid]  # (frames, C)
-        self.spikes += float(kept.sum())
-        self.nonzero += int((kept != 0).sum())
-        self.outputs += kept.numel()
-        self.frames += int(valid.sum())
+        call = (float(kept.sum()), int((kept != 0).sum()), kept.numel(), int(valid.sum()))
+        self.calls.append(call)
+        self.spikes += call[0]
+        self.nonzero += call[1]
+        self.outputs += call[2]
+        self.frames += call[3]
         self.per_neuron += kept.sum(0).cpu()
 
 
