@@ -260,3 +260,18 @@ def test_a_transformer_checkpoint_is_refused_for_a_spiking_config(tmp_path, caps
     (exp / "config.yaml").rename(exp / "elsewhere.yaml")
     model, _ = load_trained_model(mls_config, exp / "valid.acc.best.pth", encoders=None)
     assert type(model.encoder).__name__ == "IMLSpikeformerEncoder"
+
+
+def test_energy_report_refuses_a_model_without_spiking_neurons(tmp_path, capsys):
+    from tone_corpus import make_corpus
+
+    exp, _ = ann_pair(tmp_path)
+    dirs = make_corpus(tmp_path / "corpus", {"test": 2})
+    with pytest.raises(SystemExit) as stop:
+        cli("energy_report")(["--asr_train_config", str(exp / "config.yaml"),
+                              "--asr_model_file", str(exp / "valid.acc.best.pth"),
+                              "--data_dir", str(dirs["test"]),
+                              "--output_dir", str(tmp_path / "energy")])
+    assert stop.value.code == 2
+    assert "encoder 'transformer' has no spiking neurons" in capsys.readouterr().err
+    assert not (tmp_path / "energy").exists()  # checked before, created only to write

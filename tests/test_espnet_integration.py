@@ -1,6 +1,7 @@
 """ESPnet integration through the unmodified entry points, in fresh interpreters."""
 
 import json
+import re
 import sysconfig
 import zipfile
 
@@ -150,10 +151,10 @@ def dry_runs(tmp_path_factory):
 
 
 def expected_size(config):
-    """The paper's parameter count (M) the config is named for."""
-    for size in ("46.11", "61.89"):
-        if size + "m" in config.name:
-            return size
+    """The parameter count (M) the config is named for, else its corpus's main size."""
+    named = re.search(r"_(\d+\.\d+)m\.yaml$", config.name)
+    if named:
+        return named.group(1)
     return {"aishell": "30.35", "librispeech": "99.36"}.get(config.parent.name)
 
 

@@ -3,14 +3,16 @@
 * :func:`run` turns the package's errors (:class:`~espnet_imlspike.errors.ImlSpikeError`)
   into ``prog: error: message`` with exit code 2, as argparse does for bad flags, never a
   traceback for a user error.
-* :func:`prepare_output_dir` checks the output directory before the heavy work starts:
-  it must be creatable, and a directory that already holds this program's outputs is
-  refused unless ``--overwrite true`` (then exactly those outputs are removed first, so
-  a re-run never mixes its files with an earlier run's).
+* :class:`OutputDir` checks the output directory before the heavy work starts (it must
+  be creatable; one that already holds this program's outputs is refused unless
+  ``--overwrite true``) and prepares it only when the results are ready (then exactly
+  the earlier outputs are removed, so a re-run never mixes its files with an earlier
+  run's, and a failed run loses nothing).
 * Boolean flags are written as ESPnet writes them (``str2bool``: true/false).
 """
 
 import argparse
+import os
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional
 
@@ -40,22 +42,43 @@ def positive_int(value: str) -> int:
     return number
 
 
-def prepare_output_dir(path: Path, outputs: Iterable[str], overwrite: bool) -> None:
-    """Create ``path``; refuse (or with ``overwrite`` clear) this program's old outputs."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--output_dir {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"--output_dir {path} cannot be created: {error.strerror}") from None
-    present = [name for name in outputs if (path / name).exists()]
-    if present and not overwrite:
-        raise InputError(
-            f"--output_dir {path} already holds {', '.join(present)} from an earlier run; "
-            "pass --overwrite true to replace them, or choose another directory"
-        )
-    for name in present:
-        (path / name).unlink()
+class OutputDir:
+    """A program's output directory: checked before the work, prepared just before writing.
+
+    :meth:`check` (call it first) refuses a path that is a file or cannot be created, and a
+    directory already holding this program's outputs unless ``overwrite``; nothing is
+    created or removed then, so a run that fails later leaves no trace and loses nothing.
+    :meth:`prepare` (call it right before writing) creates the directory and removes the
+    earlier run's outputs, so they never mix with the new ones.
+    """
+
+    def __init__(self, path: Path, outputs: Iterable[str], overwrite: bool):
+        self.path, self.outputs, self.overwrite = path, tuple(outputs), overwrite
+
+    def check(self) -> "OutputDir":
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise InputError(f"--output_dir {path} exists and is not a directory")
+        ancestor = path
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InputError(f"--output_dir {path} cannot be created: {ancestor} is not a "
+                             "writable directory")
+        present = [name for name in self.outputs if (path / name).exists()]
+        if present and not self.overwrite:
+            raise InputError(
+                f"--output_dir {path} already holds {', '.join(present)} from an earlier "
+                "run; pass --overwrite true to replace them, or choose another directory"
+            )
+        return self
+
+    def prepare(self) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in self.outputs:
+            if (self.path / name).exists():
+                (self.path / name).unlink()
+        return self.path
 
 
 def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], None],

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from espnet_imlspike.bin.cli import add_bool, prepare_output_dir, run
+from espnet_imlspike.bin.cli import OutputDir, add_bool, run
 from espnet_imlspike.errors import InputError
 
 OUTPUTS = ("config.yaml", "model.pth")
@@ -44,7 +44,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+def check_output_dir(output_dir: Path, overwrite: bool) -> OutputDir:
     """Refuse a directory holding a training config; then the usual output checks."""
     import yaml
 
@@ -60,10 +60,10 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
                 f"(encoder {encoder!r}), e.g. the training run's: writing there would "
                 "overwrite it; choose another directory"
             )
-    prepare_output_dir(output_dir, OUTPUTS, overwrite)
+    return OutputDir(output_dir, OUTPUTS, overwrite).check()
 
 
-def convert(args: argparse.Namespace) -> str:
+def convert(args: argparse.Namespace, output: OutputDir) -> str:
     """Convert, write config.yaml and model.pth; return a report of what was converted."""
     import torch
     import yaml
@@ -82,6 +82,7 @@ def convert(args: argparse.Namespace) -> str:
     neurons = sum(isinstance(m, FrozenThresholdNeuron) for m in encoder.modules())
     fused = sum(isinstance(m, FusedHDRepSSA) for m in encoder.modules())
     config = dict(config, encoder="iml_spikeformer_deploy", encoder_conf=encoder.encoder_conf())
+    output.prepare()
     (args.output_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     torch.save(model.state_dict(), args.output_dir / "model.pth")
     return "\n".join([
@@ -101,8 +102,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
                            (args.asr_model_file, "--asr_model_file")):
             if not path.is_file():
                 raise InputError(f"{flag} {path}: no such file")
-        check_output_dir(args.output_dir, args.overwrite)
-        print(convert(args))
+        output = check_output_dir(args.output_dir, args.overwrite)
+        print(convert(args, output))
 
     run(get_parser(), body, cmd)
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-from espnet_imlspike.bin.cli import add_bool, positive_int, prepare_output_dir, run
+from espnet_imlspike.bin.cli import OutputDir, add_bool, positive_int, run
 from espnet_imlspike.errors import InputError
 
 OUTPUTS = ("spk_id_accuracy.json", "spk_id_accuracy.txt")
@@ -81,7 +81,7 @@ def crop_settings(config: dict, target_duration: Optional[float],
     return int(duration * rate), int(segments), rate
 
 
-def run_scoring(args: argparse.Namespace) -> dict:
+def run_scoring(args: argparse.Namespace, output: OutputDir) -> dict:
     """Load the model, identify, write the JSON and the summary line.
 
     Args:
@@ -125,6 +125,7 @@ def run_scoring(args: argparse.Namespace) -> dict:
         "chance": 100.0 / len(spk2label),
         **result,
     }
+    output.prepare()
     (args.output_dir / "spk_id_accuracy.json").write_text(json.dumps(report, indent=2))
     line = (f"{args.data_dir}: speaker identification accuracy {report['accuracy']:.2f}% "
             f"({report['correct']}/{report['utterances']} utterances, "
@@ -144,8 +145,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         for name in ("wav.scp", "utt2spk"):
             if not (args.data_dir / name).is_file():
                 raise InputError(f"--data_dir {args.data_dir}: no {name}")
-        prepare_output_dir(args.output_dir, OUTPUTS, args.overwrite)
-        print(run_scoring(args)["summary"])
+        output = OutputDir(args.output_dir, OUTPUTS, args.overwrite).check()
+        print(run_scoring(args, output)["summary"])
 
     run(get_parser(), body, cmd)
 
