@@ -164,6 +164,7 @@ def build_report(
         "mean_encoder_frames": sum(o for _, o in lengths) / len(lengths),
         "models": models,
         "firing": firing,
+        "activation_sparsity": recorder.sparsity_per_call(),
     }
     if seconds:
         report["audio_seconds"] = float(sum(seconds))

@@ -84,6 +84,19 @@ class FiringRateRecorder:
                 f"{type(model).__name__} has no spiking neuron layers: nothing to record"
             )
 
+    def sparsity_per_call(self) -> float:
+        """Zero outputs / outputs of all neuron layers in each forward call (one
+        utterance in the energy report), averaged over the calls."""
+        calls = [layer.calls for layer in self.layers.values()]
+        if not calls:
+            return 0.0
+        per_call = []
+        for index in range(min(len(c) for c in calls)):
+            nonzero = sum(c[index][1] for c in calls)
+            outputs = sum(c[index][2] for c in calls)
+            per_call.append(1 - nonzero / max(1, outputs))
+        return sum(per_call) / max(1, len(per_call))
+
     def __enter__(self):
         for name, module in self.neurons.items():
             self._handles.append(module.register_forward_hook(self._firing_hook(name)))

@@ -68,23 +68,36 @@ def measure(
     return Measurement(recorder, lengths, skipped)
 
 
-def write_outputs(report: Dict, text: str, recorder: FiringRateRecorder,
-                  output_dir: Path, plots: bool = True) -> List[Path]:
-    """energy.json, energy.md, firing_rates.npz (per-neuron rates of every neuron layer)
-    and (optionally) firing_rates.png, attention_maps.png."""
+def write_outputs(report: Dict, text: str, panels, output_dir: Path,
+                  plots: bool = True) -> List[Path]:
+    """energy.json, energy.md, firing_rates.npz (per-neuron rates of every neuron layer;
+    a compared model's as ``compare<i>.<layer>``) and (optionally) firing_rates.png and
+    attention_maps.png, one panel (row) per model.
+
+    Args:
+        panels: [(label, FiringRateRecorder)], the main model first; or one recorder.
+    """
     import numpy as np
 
     from espnet_imlspike.energy.plots import plot_attention_maps, plot_firing_rates
 
+    if isinstance(panels, FiringRateRecorder):
+        panels = [("model", panels)]
     write_report(report, output_dir, text)
-    np.savez(output_dir / "firing_rates.npz",
-             **{name: layer.per_neuron_rate().numpy() for name, layer in recorder.layers.items()})
+    rates = {}
+    for index, (_, recorder) in enumerate(panels):
+        prefix = f"compare{index}." if index else ""
+        rates.update({prefix + name: layer.per_neuron_rate().numpy()
+                      for name, layer in recorder.layers.items()})
+    np.savez(output_dir / "firing_rates.npz", **rates)
     written = [output_dir / "energy.json", output_dir / "energy.md",
                output_dir / "firing_rates.npz"]
     if plots:
-        plot_firing_rates(recorder.layers, output_dir / "firing_rates.png")
+        plot_firing_rates([(label, r.layers) for label, r in panels],
+                          output_dir / "firing_rates.png")
         written.append(output_dir / "firing_rates.png")
-        if recorder.attention:
-            plot_attention_maps(recorder.attention, output_dir / "attention_maps.png")
+        maps = [(label, r.attention) for label, r in panels if r.attention]
+        if maps:
+            plot_attention_maps(maps, output_dir / "attention_maps.png")
             written.append(output_dir / "attention_maps.png")
     return written

@@ -1,10 +1,21 @@
-"""Figures of the energy report: firing-rate distributions (paper Fig. 3) and
-attention maps across depth (paper Fig. 4). PNG via matplotlib (Agg backend)."""
+"""Figures of the energy report, drawn for several models side by side, at paper size.
+
+* :func:`plot_firing_rates` (paper Fig. 3): one panel per model (firing mechanism);
+  rows are the neuron layers in depth order, the x axis the neuron index, the colour the
+  firing rate (one shared scale); silent neurons (rate < 0.001) are marked in red and
+  each row's silent fraction is drawn beside it.
+* :func:`plot_attention_maps` (paper Fig. 4): the first, middle and last attention
+  layers of each model (rows) and its first heads (columns), one shared colour scale
+  with a colorbar, query and key frames on the axes.
+"""
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple, Union
 
-import torch
+import numpy as np
+
+SILENT = 1e-3
+WIDTH_IN = 7.2  # a two-column paper page
 
 
 def _pyplot():
@@ -13,53 +24,125 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7})
     return plt
 
 
-def plot_firing_rates(layers: Dict, path: Path) -> None:
-    """Per-neuron firing rates of every neuron layer, in depth order (Fig. 3).
+def _as_models(models) -> List[Tuple[str, Dict]]:
+    return [("model", models)] if isinstance(models, dict) else list(models)
+
+
+def _row_labels(names: Sequence[str]) -> Tuple[List[int], List[str]]:
+    """Ticks at the first row of each block ("block i"), or every row if not blocks."""
+    ticks, labels, seen = [], [], set()
+    for row, name in enumerate(names):
+        parts = name.split(".")
+        if parts[0] == "encoders" and len(parts) > 1 and parts[1].isdigit():
+            if parts[1] not in seen:
+                seen.add(parts[1])
+                ticks.append(row)
+                labels.append(f"block {int(parts[1]) + 1}")
+        else:
+            ticks.append(row)
+            labels.append(name)
+    return ticks, labels
+
+
+def plot_firing_rates(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: Path) -> None:
+    """Per-neuron firing rates across depth, one panel per model (Fig. 3).
 
     Args:
-        layers: name -> LayerFiring (from FiringRateRecorder).
+        models: [(label, {neuron layer name: LayerFiring})], or one such dict.
         path: PNG to write.
     """
     plt = _pyplot()
-    names = list(layers)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, len(names) * 0.35), 8))
-    rates = [layers[n].per_neuron_rate().numpy() for n in names]
-    top.boxplot(rates, showfliers=False)
-    top.set_ylabel("firing rate (spikes / neuron / timestep)")
-    top.set_xticks(range(1, len(names) + 1))
-    top.set_xticklabels([n.replace("encoders.", "") for n in names], rotation=90, fontsize=6)
-    top.set_title("Per-neuron firing rate distribution by layer")
-    dead = [float((r < 1e-3).mean()) for r in rates]
-    bottom.bar(range(len(names)), dead)
-    bottom.set_ylabel("fraction of silent neurons (rate < 0.001)")
-    bottom.set_xticks(range(len(names)))
-    bottom.set_xticklabels([n.replace("encoders.", "") for n in names], rotation=90, fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    models = _as_models(models)
+    grids, silent = [], []
+    for _, layers in models:
+        rates = [layers[n].per_neuron_rate().numpy() for n in layers]
+        grid = np.full((len(rates), max(len(r) for r in rates)), np.nan)
+        for row, r in enumerate(rates):
+            grid[row, :len(r)] = r
+        grids.append(grid)
+        silent.append([float((r < SILENT).mean()) for r in rates])
+    vmax = max(float(np.nanmax(g)) for g in grids) or 1.0
+    rows = max(g.shape[0] for g in grids)
+    fig = plt.figure(figsize=(WIDTH_IN, min(9.0, 1.6 + 0.045 * rows)), dpi=300)
+    outer = fig.add_gridspec(1, len(models), wspace=0.45, left=0.08, right=0.9)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_under("red")
+    cmap.set_bad("#e6e6e6")
+    image = None
+    for index, ((label, layers), grid, dead) in enumerate(zip(models, grids, silent)):
+        inner = outer[index].subgridspec(1, 2, width_ratios=(4, 1), wspace=0.08)
+        ax, side = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
+        image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=SILENT, vmax=vmax,
+                          interpolation="nearest")
+        ticks, labels = _row_labels(list(layers))
+        ax.set_yticks(ticks)
+        ax.set_yticklabels(labels, fontsize=5 if len(ticks) > 12 else 6)
+        ax.set_xlabel("neuron index")
+        ax.set_title(f"({chr(97 + index)}) {label}: {float(np.mean(dead)):.0%} silent",
+                     loc="left", fontsize=7)
+        side.barh(np.arange(len(dead)), dead, color="red", height=0.8)
+        side.set_ylim(len(dead) - 0.5, -0.5)
+        side.set_xlim(0, 1)
+        side.set_yticks([])
+        side.set_xticks([0, 1])
+        side.set_xlabel("silent\nfraction", fontsize=6)
+    bar = fig.colorbar(image, cax=fig.add_axes([0.92, 0.2, 0.012, 0.6]), extend="min")
+    bar.set_label("firing rate (spikes / neuron / timestep); red: < 0.001 (silent)")
+    fig.suptitle("Per-neuron firing rates across depth (rows: neuron layers of each block "
+                 "in order; grey: beyond the layer's width)", fontsize=7, y=0.995)
+    fig.savefig(path, dpi=300, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_attention_maps(maps: Dict[str, torch.Tensor], path: Path, max_heads: int = 4) -> None:
-    """Attention maps of the first utterance at shallow, middle and deep layers (Fig. 4)."""
+def picked_layers(names: Sequence[str]) -> List[int]:
+    """Indices of the first, middle and last attention layers (paper: 1, 6, 12)."""
+    return sorted({0, (len(names) - 1) // 2, len(names) - 1})
+
+
+def plot_attention_maps(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: Path,
+                        max_heads: int = 4) -> None:
+    """Attention maps of the first utterance, first/middle/last layer per model (Fig. 4).
+
+    Args:
+        models: [(label, {attention module name: weights (N, H, L, L)})], or one dict.
+        path: PNG to write.
+        max_heads: Heads shown per layer.
+    """
     plt = _pyplot()
-    names: List[str] = list(maps)
-    if not names:
+    models = [(label, maps) for label, maps in _as_models(models) if maps]
+    if not models:
         return
-    picked = sorted({0, len(names) // 2, len(names) - 1})
-    heads = min(max_heads, maps[names[0]].size(1))
-    fig, axes = plt.subplots(len(picked), heads, figsize=(3 * heads, 3 * len(picked)),
-                             squeeze=False)
-    for row, index in enumerate(picked):
-        weights = maps[names[index]][0]
+    panels = []  # (model label, layer number, weights (H, L, L))
+    for label, maps in models:
+        names = list(maps)
+        for index in picked_layers(names):
+            panels.append((label, index + 1, maps[names[index]][0].float().numpy()))
+    heads = min(max_heads, min(p[2].shape[0] for p in panels))
+    values = np.concatenate([p[2][:heads].ravel() for p in panels])
+    top = float(np.percentile(np.abs(values), 99.5)) or 1.0
+    signed = bool((values < -1e-6 * top).any())
+    cmap, vmin = ("RdBu_r", -top) if signed else ("viridis", 0.0)
+    fig, axes = plt.subplots(len(panels), heads, squeeze=False, dpi=300,
+                             figsize=(WIDTH_IN, 0.4 + 1.55 * len(panels) * min(1, 4 / heads)))
+    for row, (label, layer, weights) in enumerate(panels):
         for head in range(heads):
             ax = axes[row][head]
-            ax.imshow(weights[head].float().numpy(), cmap="viridis", aspect="auto")
-            ax.set_title(f"layer {index + 1}, head {head + 1}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+            image = ax.imshow(weights[head], cmap=cmap, vmin=vmin, vmax=top,
+                              interpolation="nearest", aspect="equal")
+            ax.set_title(f"layer {layer}, head {head + 1}", fontsize=6, pad=2)
+            ax.tick_params(labelsize=5, length=2)
+            if head == 0:
+                ax.set_ylabel(f"{label}\nquery frame", fontsize=6)
+            if row == len(panels) - 1:
+                ax.set_xlabel("key frame", fontsize=6)
+    fig.subplots_adjust(right=0.86, hspace=0.45, wspace=0.3)
+    bar = fig.colorbar(image, cax=fig.add_axes([0.89, 0.15, 0.015, 0.7]), extend="max")
+    bar.set_label("attention weight (one scale for all maps, clipped at the 99.5th "
+                  "percentile of |w|)", fontsize=6)
+    fig.savefig(path, dpi=300, bbox_inches="tight")
     plt.close(fig)
+
