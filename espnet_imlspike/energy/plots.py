@@ -69,9 +69,7 @@ def plot_firing_rates(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: Pat
     rows = max(g.shape[0] for g in grids)
     fig = plt.figure(figsize=(WIDTH_IN, min(9.0, 1.6 + 0.045 * rows)), dpi=300)
     outer = fig.add_gridspec(1, len(models), wspace=0.45, left=0.08, right=0.9)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_under("red")
-    cmap.set_bad("#e6e6e6")
+    cmap = plt.get_cmap("viridis").with_extremes(under="red", bad="#e6e6e6")
     image = None
     for index, ((label, layers), grid, dead) in enumerate(zip(models, grids, silent)):
         inner = outer[index].subgridspec(1, 2, width_ratios=(4, 1), wspace=0.08)
