@@ -187,24 +187,38 @@ def test_neurobench_agrees_with_our_counts_where_definitions_meet():
 @pytest.mark.slow
 def test_energy_report_cli_end_to_end(tiny_iml_asr, tmp_path):
     exp = tiny_iml_asr["exp"]
+    pair = [str(exp / "config.yaml"), str(exp / "valid.acc.best.pth")]
     done = run_python(
         ["-m", "espnet_imlspike.bin.energy_report",
-         "--asr_train_config", str(exp / "config.yaml"),
-         "--asr_model_file", str(exp / "valid.acc.best.pth"),
+         "--asr_train_config", pair[0], "--asr_model_file", pair[1],
          "--data_dir", str(tiny_iml_asr["dirs"]["test"]),
-         "--output_dir", str(tmp_path / "energy")]
+         "--output_dir", str(tmp_path / "energy"), "--neurobench", "true",
+         "--compare", *pair]
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "energy report" in done.stderr  # the progress bar
     report = json.loads((tmp_path / "energy/energy.json").read_text())
-    assert report["utterances"] == 6
+    assert report["utterances"] == 6 and report["audio_seconds"] > 0
     ann, snn = report["models"]
     assert ann["snn"] is False and snn["timesteps"] == 4
     assert ann["parameters"] == snn["parameters"]
-    measured = {k: v["ac"] for k, v in report["measured_ops"].items() if "ac" in v}
+    assert snn["energy_mj"] == snn["energy_blocks_mj"] < snn["energy_with_front_mj"]
+    measured = report["measured_ac"]
     for layer in snn["layers"]:
-        if layer["name"].endswith(("linear_v", "linear_out", "w_1", "w_2")):
+        if layer["name"].endswith(("linear_v", "linear_out", "w_1", "w_2", "x_wqk")):
             assert layer["estimated_ac"] == pytest.approx(measured[layer["name"]])
+        if layer["name"].endswith(("scores", "context")):
+            assert measured[layer["name"]] > 0
+    bias = sum(v for k, v in measured.items() if k.endswith("bias_terms"))
+    assert report["accumulates"]["measured"] == sum(
+        v for k, v in measured.items() if not k.startswith("embed"))
+    assert bias > 0
+    for row in report["neurobench"]["rows"]:  # ours beside NeuroBench's
+        if row["neurobench"] is not None:
+            assert row["ours"] == pytest.approx(row["neurobench"]), row["quantity"]
+    memory = report["memory_model"]["results"]
+    assert memory["spike_train_blocks"]["mj_per_second"] > 0
+    assert len(report["compare"]["models"]) == 2
     for png in ("firing_rates.png", "attention_maps.png"):
         assert (tmp_path / "energy" / png).stat().st_size > 10_000
     import numpy as np
@@ -213,7 +227,12 @@ def test_energy_report_cli_end_to_end(tiny_iml_asr, tmp_path):
     for name, firing in report["firing"].items():
         # the layer rate is the mean of its per-neuron rates (all neurons see every frame)
         assert per_neuron[name].mean() == pytest.approx(firing["rate"])
-    assert "| Transformer (ANN, same size) | no |" in (tmp_path / "energy/energy.md").read_text()
+        assert f"compare1.{name}" in per_neuron  # the compared model (same checkpoint)
+    text = (tmp_path / "energy/energy.md").read_text()
+    assert "| Transformer (ANN, same size) | no |" in text
+    for section in ("## Ours beside NeuroBench", "## Compared models",
+                    "## Memory-aware energy", "Counting a multi-level spike"):
+        assert section in text
 
 
 @pytest.mark.slow

@@ -67,8 +67,10 @@ def plot_firing_rates(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: Pat
         silent.append([float((r < SILENT).mean()) for r in rates])
     vmax = max(float(np.nanmax(g)) for g in grids) or 1.0
     rows = max(g.shape[0] for g in grids)
-    fig = plt.figure(figsize=(WIDTH_IN, min(9.0, 1.6 + 0.045 * rows)), dpi=300)
-    outer = fig.add_gridspec(1, len(models), wspace=0.45, left=0.08, right=0.9)
+    height = min(9.0, 2.2 + 0.045 * rows)
+    fig = plt.figure(figsize=(WIDTH_IN, height), dpi=300)
+    outer = fig.add_gridspec(1, len(models), wspace=0.45, left=0.08, right=0.9,
+                             top=1 - 0.55 / height, bottom=0.45 / height)
     cmap = plt.get_cmap("viridis").with_extremes(under="red", bad="#e6e6e6")
     image = None
     for index, ((label, layers), grid, dead) in enumerate(zip(models, grids, silent)):
@@ -89,9 +91,11 @@ def plot_firing_rates(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: Pat
         side.set_xticks([0, 1])
         side.set_xlabel("silent\nfraction", fontsize=6)
     bar = fig.colorbar(image, cax=fig.add_axes([0.92, 0.2, 0.012, 0.6]), extend="min")
-    bar.set_label("firing rate (spikes / neuron / timestep); red: < 0.001 (silent)")
-    fig.suptitle("Per-neuron firing rates across depth (rows: neuron layers of each block "
-                 "in order; grey: beyond the layer's width)", fontsize=7, y=0.995)
+    bar.set_label("firing rate (spikes / neuron / timestep)", fontsize=6)
+    bar.ax.tick_params(labelsize=6)
+    fig.suptitle("Per-neuron firing rates across depth. Rows: the neuron layers of each block "
+                 "in order; red: silent (rate < 0.001); grey: beyond the layer's width",
+                 fontsize=7, y=1 - 0.12 / height)
     fig.savefig(path, dpi=300, bbox_inches="tight")
     plt.close(fig)
 
@@ -124,8 +128,9 @@ def plot_attention_maps(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: P
     top = float(np.percentile(np.abs(values), 99.5)) or 1.0
     signed = bool((values < -1e-6 * top).any())
     cmap, vmin = ("RdBu_r", -top) if signed else ("viridis", 0.0)
+    width = min(WIDTH_IN, 1.2 + 1.5 * heads)
     fig, axes = plt.subplots(len(panels), heads, squeeze=False, dpi=300,
-                             figsize=(WIDTH_IN, 0.4 + 1.55 * len(panels) * min(1, 4 / heads)))
+                             figsize=(width, 0.4 + 1.55 * len(panels)))
     for row, (label, layer, weights) in enumerate(panels):
         for head in range(heads):
             ax = axes[row][head]
@@ -138,9 +143,11 @@ def plot_attention_maps(models: Union[Dict, Sequence[Tuple[str, Dict]]], path: P
             if row == len(panels) - 1:
                 ax.set_xlabel("key frame", fontsize=6)
     fig.subplots_adjust(right=0.86, hspace=0.45, wspace=0.3)
-    bar = fig.colorbar(image, cax=fig.add_axes([0.89, 0.15, 0.015, 0.7]), extend="max")
+    bar = fig.colorbar(image, cax=fig.add_axes([0.89, 0.15, 0.015, 0.7]),
+                       extend="both" if signed else "max")
     bar.set_label("attention weight (one scale for all maps, clipped at the 99.5th "
                   "percentile of |w|)", fontsize=6)
+    bar.ax.tick_params(labelsize=6)
     fig.savefig(path, dpi=300, bbox_inches="tight")
     plt.close(fig)
 
