@@ -467,7 +467,7 @@ def test_ann_config_skips_the_energy_step(tiny_iml_asr, tmp_path):
                        "--stop_stage", "13", "--asr_config",
                        str(REPO / "egs2/aishell/asr1/conf/tuning/train_asr_transformer_30.35m.yaml"))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "skipped, encoder 'transformer' has no spiking neurons" in done.stdout
+    assert "skipped, encoder 'transformer' is not a spiking encoder" in done.stdout
     assert len(calls(recipe)) == 1  # stop_stage 13: no second asr.sh call
     assert not (recipe / "exp/asr_train_asr_transformer_30.35m/energy").exists()
 

@@ -111,8 +111,9 @@ pick_energy_set() {
 
 # energy_step TASK EXP MODEL DATA_TRIPLE PYTHON: the energy report of a trained spiking model
 # (skipped, with a note, for ANN encoders), run in the current recipe dir with the recipe's
-# Python (./path.sh, then PYTHON, as asr.sh runs its stages). Writes EXP/energy/, copies its
-# plots to EXP/images/energy_*.png and appends its tables to EXP/RESULTS.md.
+# Python (./path.sh, then PYTHON, as asr.sh runs its stages). Writes EXP/energy/ (replacing
+# an earlier report, as scoring rewrites RESULTS.md), copies its plots to
+# EXP/images/energy_*.png and appends its tables to EXP/RESULTS.md.
 energy_step() {
   local task=$1 exp=$2 model=$3 triple=$4 python=$5
   if [ ! -f "$exp/config.yaml" ] || [ ! -e "$exp/$model" ]; then
@@ -122,9 +123,12 @@ energy_step() {
   fi
   local encoder
   encoder=$(config_encoder "$exp/config.yaml")
+  # the plugin's spiking encoders (ESPnet's own, e.g. transformer, have no spiking neurons)
   case "$encoder" in
-    iml_spikeformer|spike_driven_transformer) ;;
-    *) echo "energy report: skipped, encoder '$encoder' has no spiking neurons"; return 0 ;;
+    iml_spikeformer*|spike_driven_transformer|smlp) ;;
+    *) echo "energy report: skipped, encoder '$encoder' is not a spiking encoder of" \
+            "espnet_imlspike (iml_spikeformer*, spike_driven_transformer, smlp)"
+       return 0 ;;
   esac
   echo "energy report: $exp ($triple) -> $exp/energy (log: $exp/energy/energy_report.log)"
   mkdir -p "$exp/energy"
@@ -133,7 +137,8 @@ energy_step() {
     . ./path.sh
     "$python" -m espnet_imlspike.bin.energy_report \
       --"${task}"_train_config "$exp/config.yaml" --"${task}"_model_file "$exp/$model" \
-      --data_path_and_name_and_type "$triple" --output_dir "$exp/energy" ${energy_opts:-} \
+      --data_path_and_name_and_type "$triple" --output_dir "$exp/energy" --overwrite true \
+      ${energy_opts:-} \
       > "$exp/energy/energy_report.log" 2>&1 \
       || { tail -n 30 "$exp/energy/energy_report.log" >&2; exit 1; }
     "$python" - "$exp" <<'PYTHON'
