@@ -493,8 +493,16 @@ def test_librispeech_overlay_defaults_overrides_and_energy_options(tiny_iml_asr,
               if "espnet_imlspike.bin.energy_report" in c]
     assert len(energy) == 1 and "dump/raw/test_b/wav.scp,speech,sound" in energy[0]
     assert "--max_utterances 2" in energy[0]
-    assert '"utterances": 2' in (
-        recipe / "exp/asr_train_asr_iml_spikeformer_e18/energy/energy.json").read_text()
+    exp = recipe / "exp/asr_train_asr_iml_spikeformer_e18"
+    assert '"utterances": 2' in (exp / "energy/energy.json").read_text()
+    # a rerun of scoring (stage 13 only, RESULTS.md kept here) replaces the report and its copy
+    done = run_overlay(REPO / "egs2/librispeech/asr1/run.sh", env, "--stage", "13",
+                       "--stop_stage", "13", "--audio_format", "wav", "--test_sets", "test_a test_b",
+                       "--energy_set", "test_a", "--energy_opts", "--max_utterances 3",
+                       "--skip_stages", "13")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert '"utterances": 3' in (exp / "energy/energy.json").read_text()
+    assert (exp / "RESULTS.md").read_text().count("espnet_imlspike energy report: begin") == 1
 
 
 SPK_TRAIN = "espnet2.bin.spk_train"
