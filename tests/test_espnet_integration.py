@@ -222,6 +222,13 @@ def test_wheel_ships_the_hook_at_site_packages_root(tmp_path):
     wheel = next((tmp_path / "dist").glob("espnet_imlspike-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "espnet_imlspike.pth" in names
+    # install_requires are ranges that this (ESPnet 202511) environment already satisfies:
+    # installing the wheel would change nothing else (torch, numpy, espnet stay)
+    done = run_python(["-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
+                       "--no-index", str(wheel)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    would_install = [item["metadata"]["name"] for item in json.loads(done.stdout)["install"]]
+    assert would_install == ["espnet-imlspike"]
     target = tmp_path / "site"
     done = run_python(["-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)])
     assert done.returncode == 0, done.stderr[-2000:]
