@@ -14,7 +14,8 @@ T=6, IMLS, HD-RepSSA_S) unless a run names another. Runs, each a fresh process t
 * ``resume``: 3 epochs uninterrupted, and the same run killed (SIGKILL) in the middle of
   epoch 2 then restarted with ``--resume true``; final statistics compared.
 * ``sdt_2gpu``, ``multistep_2gpu``: the Spike-driven Transformer baseline and the
-  multi-step ablation under the same launcher, at batch 16 and 32, for peak memory.
+  multi-step ablation under the same launcher, at batch 16 and 32 (10 iterations), for
+  peak memory per GPU.
 
     python bench/distributed/run_checks.py --out /tmp/dist [--runs ...] [--smoke]
 
@@ -123,7 +124,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--iters", type=int, default=150)
+    parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--runs", nargs="+", default=["fp32", "amp", "resume", "baselines"])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, plumbing only")
     args = parser.parse_args(argv)
@@ -192,11 +193,10 @@ def main(argv=None):
     if "baselines" in args.runs:
         entries = {}
         for name, config in (("sdt", "train_asr_spike_driven_transformer.yaml"),
-                             ("multistep", "train_asr_iml_spikeformer_ablation_multistep.yaml"),
-                             ("imls", "train_asr_iml_spikeformer.yaml")):
+                             ("multistep", "train_asr_iml_spikeformer_ablation_multistep.yaml")):
             for batch in (16, 32):
                 r = go(f"{name}_2gpu_b{batch}", config=CONF / config, ngpu=2, batch=batch,
-                       iters=20 if not args.smoke else 2)
+                       iters=10 if not args.smoke else 2)
                 entries[f"{name}_b{batch}"] = {"returncode": r["returncode"],
                                                "gpu_max_cached_gib": r["gpu_max_cached_gib"],
                                                "wall_s": r["wall_s"]}
