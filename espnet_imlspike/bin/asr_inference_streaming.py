@@ -18,11 +18,12 @@ the final hypothesis (mean and maximum).
 """
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import List, Optional
 
-from espnet_imlspike.bin.cli import add_bool, prepare_output_dir, run
+from espnet_imlspike.bin.cli import OutputDir, add_bool, run
 from espnet_imlspike.errors import OptionError
 
 OUTPUTS = ("streaming_stats.json",)
@@ -35,8 +36,12 @@ def get_parser():
     parser.prog = "asr_inference_streaming"
     parser.description = __doc__
     group = parser.add_argument_group("Streaming IML-Spikeformer")
-    group.add_argument("--block_frames", type=int, default=4,
-                       help="encoder frames per block of the block-synchronous beam search")
+    group.add_argument("--search", choices=("block", "ctc"), default="block",
+                       help="block: ESPnet's block-synchronous joint CTC/attention search; "
+                            "ctc: frame-synchronous CTC prefix beam search (independent of "
+                            "the chunking, partial result after every chunk)")
+    group.add_argument("--block_frames", type=int, default=16,
+                       help="encoder frames per block of the block search")
     add_bool(group, "--deploy", False, "run the encoder in its spike-driven deploy form")
     group.add_argument("--execution", choices=("multi_level", "spike_train"),
                        default="multi_level", help="the deploy form's execution")
@@ -48,7 +53,7 @@ def get_parser():
     return parser
 
 
-def decode(args) -> dict:
+def decode(args, output: OutputDir) -> dict:
     import torch
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.tasks.asr import ASRTask
@@ -70,7 +75,8 @@ def decode(args) -> dict:
         disable_repetition_detection=args.disable_repetition_detection,
         decoder_text_length_limit=args.decoder_text_length_limit,
         encoded_feat_length_limit=args.encoded_feat_length_limit,
-        block_frames=args.block_frames, deploy=args.deploy, execution=args.execution,
+        search=args.search, block_frames=args.block_frames, deploy=args.deploy,
+        execution=args.execution,
         allow_uncalibrated=args.allow_uncalibrated,
     )
     loader = ASRTask.build_streaming_iterator(
@@ -80,6 +86,7 @@ def decode(args) -> dict:
         collate_fn=ASRTask.build_collate_fn(s2t.asr_train_args, False),
         allow_variable_data_keys=args.allow_variable_data_keys, inference=True,
     )
+    output.prepare()
     stats = {"utterances": 0, "audio_s": 0.0, "compute_s": 0.0, "final_s": []}
     with DatadirWriter(args.output_dir) as writer, torch.no_grad():
         for keys, batch in loader:
@@ -111,7 +118,8 @@ def decode(args) -> dict:
                     best["text"][keys[0]] = text
     finals = stats.pop("final_s")
     stats.update(
-        sim_chunk_length=args.sim_chunk_length, block_frames=args.block_frames,
+        sim_chunk_length=args.sim_chunk_length, search=args.search,
+        block_frames=args.block_frames,
         deploy=args.deploy, rtf=stats["compute_s"] / max(stats["audio_s"], 1e-9),
         final_latency_mean_s=sum(finals) / max(1, len(finals)),
         final_latency_max_s=max(finals, default=0.0), threads=torch.get_num_threads(),
@@ -130,8 +138,12 @@ def main(cmd: Optional[List[str]] = None) -> None:
             raise OptionError(f"--sim_chunk_length must be >= 0, got {args.sim_chunk_length}")
         if args.word_lm_train_config is not None:
             raise OptionError("--word_lm_train_config is not supported (as in ESPnet)")
-        prepare_output_dir(Path(args.output_dir), OUTPUTS, args.overwrite)
-        stats = decode(args)
+        logging.basicConfig(
+            level=args.log_level,
+            format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
+        )
+        output = OutputDir(Path(args.output_dir), OUTPUTS, args.overwrite).check()
+        stats = decode(args, output)
         print(json.dumps(stats, indent=2))
 
     run(parser, body, cmd)
