@@ -35,12 +35,14 @@ def _asr_encoder_classes() -> dict:
         SpikeDrivenTransformerEncoder,
     )
     from espnet_imlspike.encoders.smlp import SMLPEncoder
+    from espnet_imlspike.streaming.encoder import IMLSpikeformerStreamingEncoder
 
     return {
         "iml_spikeformer": IMLSpikeformerEncoder,
         "spike_driven_transformer": SpikeDrivenTransformerEncoder,
         "iml_spikeformer_deploy": IMLSpikeformerDeployEncoder,
         "smlp": SMLPEncoder,
+        "iml_spikeformer_streaming": IMLSpikeformerStreamingEncoder,
     }
 
 
