@@ -32,8 +32,9 @@ def decay_factor(layer: int) -> float:
 def hierarchical_decay_mask(
     length: int, phi: float, device=None, dtype=torch.float32
 ) -> torch.Tensor:
-    """HDM of Eq. 14: ``H[i, j] = phi ** |i - j|`` as an (L, L) tensor."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)
+    """HDM of Eq. 14: ``H[i, j] = phi ** |i - j|`` as an (L, L) tensor (computed in
+    float32, or float64 for a float64 map)."""
+    pos = torch.arange(length, device=device, dtype=torch.promote_types(dtype, torch.float32))
     distance = (pos[:, None] - pos[None, :]).abs()
     return torch.exp(distance * math.log(phi)).to(dtype)
 

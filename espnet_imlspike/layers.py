@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from typeguard import typechecked
 
+from espnet_imlspike import fast
+
 
 class SpikingChannelMLP(torch.nn.Module):
     """ChannelMLP on spike input: ``SN(X W1) W2`` (Eq. 6 after its input neuron).
@@ -76,7 +78,17 @@ class SpikingTransformerBlock(torch.nn.Module):
         self.normalize_before = normalize_before
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Args: x (N, L, D) real-valued, valid (N, L). Returns: (N, L, D)."""
+        """Args: x (N, L, D) real-valued, valid (N, L). Returns: (N, L, D).
+
+        With the fast paths on (:mod:`espnet_imlspike.fast`, default on CUDA), a block of
+        IMLS neurons and HD-RepSSA runs :func:`espnet_imlspike.fast.block.block_forward`:
+        the same outputs, less memory kept for backward.
+        """
+        if not torch.compiler.is_compiling() and fast.enabled(x):
+            from espnet_imlspike.fast import block as fast_block
+
+            if fast_block.supported(self) and not fast.has_hooks(self):
+                return fast_block.block_forward(self, x, valid)
         branch_in = self.norm1(x) if self.normalize_before else x
         spikes = self.attn_input_neuron(branch_in, valid)
         x = x + self.dropout(self.self_attn(spikes, valid))

@@ -168,12 +168,15 @@ class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
     ) -> torch.Tensor:
         """Per-channel maximum of ``x`` over valid frames (Eq. 10), at least float32.
 
-        A NaN maximum is returned as +inf, so that it survives a MAX all-reduce.
+        A NaN maximum is returned as +inf, so that it survives a MAX all-reduce. The
+        maximum is taken in ``x``'s dtype and converted after (exact: it is one of the
+        values), which saves a float32 copy of a half-precision input.
         """
-        x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+        x = x.detach()
         if valid is not None:
             x = x.masked_fill(~valid.unsqueeze(-1), float("-inf"))
         peak = x.reshape(-1, x.size(-1)).amax(dim=0)
+        peak = peak.to(torch.promote_types(peak.dtype, torch.float32))
         peak = torch.nan_to_num(peak, nan=float("inf"), posinf=float("inf"))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)

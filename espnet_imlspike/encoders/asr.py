@@ -32,6 +32,9 @@ from espnet_imlspike.encoders.common import (
 from espnet_imlspike.encoders.options import SpikingOptions
 from espnet_imlspike.encoders.state_forms import guard_state_dict_form
 from espnet_imlspike.errors import OptionError
+from espnet_imlspike.fast import block as fast_block
+from espnet_imlspike.fast import graphs_enabled
+from espnet_imlspike.fast.graphs import EncoderGraphs
 
 
 class SpikingTransformerEncoder(AbsEncoder):
@@ -83,6 +86,7 @@ class SpikingTransformerEncoder(AbsEncoder):
         self.interctc_layer_idx = interctc_layer_idx
         self.interctc_use_conditioning = interctc_use_conditioning
         self.conditioning_layer = None
+        self._graphs = EncoderGraphs()
         guard_state_dict_form(self, form)
 
     # read-only views of the options, for code that inspects a built encoder
@@ -96,13 +100,14 @@ class SpikingTransformerEncoder(AbsEncoder):
         return self.options.output_size
 
     def embed_input(
-        self, xs_pad: torch.Tensor, ilens: torch.Tensor
+        self, xs_pad: torch.Tensor, ilens: torch.Tensor, check: bool = True
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Checked input -> (embedded (B, L', D), output lengths, valid mask)."""
-        check_batch(
-            xs_pad, ilens, self.input_size, self.min_input_frames,
-            token_input=self.input_layer == "embed", validate_values=not self.training,
-        )
+        if check:
+            check_batch(
+                xs_pad, ilens, self.input_size, self.min_input_frames,
+                token_input=self.input_layer == "embed", validate_values=not self.training,
+            )
         if self.embed is None:
             xs = xs_pad
         elif self.input_layer in ("linear", "embed") or self.input_layer is None:
@@ -133,7 +138,14 @@ class SpikingTransformerEncoder(AbsEncoder):
             return it), output lengths (B,), None. Utterances too short for the
             subsampling have output length 0.
         """
-        xs, olens, valid = self.embed_input(xs_pad, ilens)
+        graphable = self._graphable(xs_pad, ilens)
+        if graphable:  # CUDA graphs of the whole encoder (espnet_imlspike.fast.graphs)
+            check_batch(xs_pad, ilens, self.input_size, self.min_input_frames,
+                        validate_values=not self.training)
+            xs = self._graphs.run(self, self._graph_core, xs_pad, ilens, self._out_frames)
+            if xs is not None:
+                return xs, subsampled_lengths(ilens, self.input_layer), None
+        xs, olens, valid = self.embed_input(xs_pad, ilens, check=not graphable)
         time = TimeFolding(self.options, xs.size(0))
         xs, valid = time.fold(xs, valid)
         intermediate: List[Tuple[int, torch.Tensor]] = []
@@ -151,6 +163,29 @@ class SpikingTransformerEncoder(AbsEncoder):
 
     def _normalise(self, xs: torch.Tensor) -> torch.Tensor:
         return self.after_norm(xs) if self.normalize_before else xs
+
+    def _graphable(self, xs_pad: torch.Tensor, ilens: Optional[torch.Tensor]) -> bool:
+        """The encoder may run as CUDA graphs: fast paths on, CUDA, every block on the
+        fast path, no intermediate CTC, no hooks, no process group, not compiling."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or ilens is None:
+            return False
+        if self.interctc_layer_idx or not graphs_enabled(xs_pad):
+            return False
+        if self.input_layer == "embed" or getattr(self, "_is_replica", False):
+            return False  # (DataParallel replicas are new modules at every call)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return False
+        return all(fast_block.supported(b) for b in self.encoders)  # graphs check hooks
+
+    def _graph_core(self, xs_pad: torch.Tensor, ilens: torch.Tensor) -> torch.Tensor:
+        """What the graphs capture: input layer, blocks, final LayerNorm (no checks)."""
+        xs, _, valid = self.embed_input(xs_pad, ilens, check=False)
+        for block in self.encoders:
+            xs = block(xs, valid)
+        return self._normalise(xs)
+
+    def _out_frames(self, frames: int) -> int:
+        return int(subsampled_lengths(torch.tensor(frames), self.input_layer))
 
 
 class IMLSpikeformerEncoder(SpikingTransformerEncoder):

@@ -1,0 +1,74 @@
+"""Fast paths of the IML-Spikeformer training and inference forms (same maths, less time).
+
+Each fast path computes what the reference modules compute (``neurons.py``,
+``attention.py``, ``layers.py``, the encoders' forward) and is tested against them:
+
+* :mod:`.firing`: an IMLS neuron (Eq. 10-11) and the synaptic layers it feeds as one
+  autograd node that keeps 2 bytes per element for backward (spike count and STE mask)
+  instead of two float tensors. Spikes are bit-identical to the reference.
+* :mod:`.long_attention`: HD-RepSSA (Eq. 12-15) in memory linear in the sequence length
+  (softmax: query chunks with recomputation in backward; linear: the decay mask as a
+  chunked two-way recurrence), used when the explicit (L, L) map would be large.
+* :mod:`.block`: the spiking block of Eq. 4 built from the two above.
+* :mod:`.graphs`: on CUDA, the whole encoder forward and backward replayed as CUDA
+  graphs, one per bucket of (batch, length) shapes (lengths rounded up, padding
+  invariance makes the valid outputs unchanged): no kernel launch overhead, no compiler.
+
+Switch: the environment variable ``IMLSPIKE_FAST`` (``auto``, the default: on for CUDA
+tensors, off on the CPU; ``1``: on everywhere, as the tests use it; ``0``: off), or
+:func:`fast_mode` as a context manager. ``IMLSPIKE_CUDA_GRAPHS=0`` keeps the fused
+modules but turns the CUDA graphs off.
+"""
+
+import contextlib
+import os
+from typing import Iterator, Optional
+
+import torch
+
+from espnet_imlspike.errors import OptionError
+
+MODES = ("auto", "1", "0")
+_override: Optional[str] = None
+
+
+def _mode() -> str:
+    mode = _override if _override is not None else os.environ.get("IMLSPIKE_FAST", "auto")
+    if mode not in MODES:
+        raise OptionError(f"IMLSPIKE_FAST must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether the fast paths apply to a computation on ``x``'s device."""
+    mode = _mode()
+    return mode == "1" or (mode == "auto" and x.is_cuda)
+
+
+def graphs_enabled(x: torch.Tensor) -> bool:
+    """Whether CUDA graphs may replay the encoder for ``x`` (fast paths on, CUDA)."""
+    return (x.is_cuda and enabled(x)
+            and os.environ.get("IMLSPIKE_CUDA_GRAPHS", "1") != "0")
+
+
+@contextlib.contextmanager
+def fast_mode(mode: str) -> Iterator[None]:
+    """Force the fast paths ``"1"`` (on), ``"0"`` (off) or ``"auto"`` inside the block."""
+    global _override
+    if mode not in MODES:
+        raise OptionError(f"fast mode must be one of {MODES}, got {mode!r}")
+    previous, _override = _override, mode
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def has_hooks(module: torch.nn.Module) -> bool:
+    """True if any submodule carries forward hooks (energy report, firing-rate counters):
+    the fast paths bypass submodule calls, so such modules run the reference path."""
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())

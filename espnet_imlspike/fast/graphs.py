@@ -1,0 +1,311 @@
+"""The encoder's forward (and backward) replayed as CUDA graphs, one per shape bucket.
+
+ESPnet's trainer runs the model eagerly, one kernel launch at a time; a spiking encoder
+has about twice the launches of a Transformer (four neuron layers per block), so it is
+bound by the CPU. Here the whole encoder (input layer, blocks, final LayerNorm) is
+captured once per bucket of shapes and replayed as one graph in forward and one in
+backward; no compiler is involved, so a bucket costs about one eager step to capture.
+
+* Buckets: the batch is zero-padded to ``(bucket_batch(B), bucket_frames(T))``.
+  Padding never changes the valid outputs (masks come from the exact lengths, IMLS
+  maxima skip padded frames, padded keys get weight 0) and extra utterances have length
+  0, so the outputs of the real frames are those of the unpadded batch (up to the
+  rounding of matrix products of another shape). Inputs longer than
+  :data:`MAX_FRAMES`, or more than :data:`MAX_GRAPHS` buckets, run eagerly.
+* The first call of a bucket warms up (one forward and backward whose statistics
+  updates are undone, as ``torch.cuda.make_graphed_callables`` does), captures, then
+  replays. All of it runs on one side stream of the encoder (see
+  :meth:`EncoderGraphs.run`). Buffers (IMLS statistics) and dropout draws advance on
+  every replay as in eager execution.
+* Gradients: the backward graph writes parameter gradients into one buffer shared by
+  all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
+* Safety: a graph is used only while no other graph's backward is pending, and while
+  every parameter, buffer and positional-encoding table is the tensor it captured
+  (``model.to``, dtype changes and new parameters drop all graphs). Any capture error
+  turns graphs off for the encoder, which then runs eagerly.
+"""
+
+import logging
+import os
+import weakref
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+MAX_FRAMES = 4096
+MAX_GRAPHS = 32
+
+
+def bucket_frames(frames: int) -> Optional[int]:
+    """Input frames rounded up: multiples of 128 to 1024, of 256 to 2048, of 512 to
+    :data:`MAX_FRAMES`; None above."""
+    for step, limit in ((128, 1024), (256, 2048), (512, MAX_FRAMES)):
+        if frames <= limit:
+            return -(-frames // step) * step
+    return None
+
+
+def bucket_batch(batch: int) -> Optional[int]:
+    """Batch size rounded up to the next of :data:`BATCH_BUCKETS` (None above)."""
+    return next((b for b in BATCH_BUCKETS if b >= batch), None)
+
+
+class _Watch:
+    """The tensors a graph reads by address (parameters, buffers, positional-encoding
+    tables) and the hooks that would be skipped, read off a module's structure once."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.modules = list(module.modules())
+        self.slots = []
+        for m in self.modules:
+            self.slots += [(m._parameters, name) for name in m._parameters]
+            self.slots += [(m._buffers, name) for name in m._buffers]
+            if isinstance(m.__dict__.get("pe"), torch.Tensor):
+                self.slots.append((m.__dict__, "pe"))
+
+    def signature(self):
+        tensors = [slot[name] for slot, name in self.slots]
+        return tuple((t.data_ptr(), t.dtype, t.requires_grad) for t in tensors
+                     if t is not None)
+
+    def hooked(self) -> bool:
+        from torch.nn.modules import module as module_mod
+
+        if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+
+
+class _Entry:
+    """Static tensors and graphs of one bucket."""
+
+    def __init__(self, batch: int, frames: int, xs: torch.Tensor, ilens: torch.Tensor):
+        shape = (batch, frames) + tuple(xs.shape[2:])
+        self.xs = torch.zeros(shape, dtype=xs.dtype, device=xs.device)
+        self.ilens = torch.zeros(batch, dtype=ilens.dtype, device=ilens.device)
+        self.forward_graph = torch.cuda.CUDAGraph()
+        self.backward_graph: Optional[torch.cuda.CUDAGraph] = None
+        self.out: Optional[torch.Tensor] = None
+        self.grad_out: Optional[torch.Tensor] = None
+        self.grad_xs: Optional[torch.Tensor] = None
+        self.params: List[torch.nn.Parameter] = []
+        self.has_grad: List[bool] = []
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, graphs, entry, out_frames, xs, ilens, *params):
+        batch, frames = xs.shape[:2]
+        entry.xs.zero_()
+        entry.xs[:batch, :frames].copy_(xs)
+        entry.ilens.zero_()
+        entry.ilens[:batch].copy_(ilens)
+        entry.forward_graph.replay()
+        ctx.graphs, ctx.entry, ctx.batch, ctx.frames = graphs, entry, batch, frames
+        if entry.backward_graph is not None:
+            graphs.pending = weakref.ref(ctx.graphs.token(ctx))
+        return entry.out[:batch, :out_frames].clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        entry, batch = ctx.entry, ctx.batch
+        entry.grad_out.zero_()
+        entry.grad_out[:batch, :grad.size(1)].copy_(grad)
+        entry.backward_graph.replay()
+        ctx.graphs.pending = None
+        grads = ctx.graphs.grad_copies()
+        grads = [grads[id(p)] if has else None for p, has in zip(entry.params, entry.has_grad)]
+        grad_xs = None
+        if entry.grad_xs is not None:
+            grad_xs = entry.grad_xs[:batch, :ctx.frames].clone()
+        return (None, None, None, grad_xs, None, *grads)
+
+
+class _Token:
+    """Lives as long as a replayed forward's autograd node (backward still possible)."""
+
+
+class EncoderGraphs:
+    """CUDA graphs of one encoder, keyed by bucket and execution state."""
+
+    def __init__(self):
+        self._reset()
+        self.disabled = False
+        self.watch: Optional[_Watch] = None
+        self.stream: Optional[torch.cuda.Stream] = None
+
+    def _reset(self):
+        self.entries: Dict[tuple, _Entry] = {}
+        self.signature = None
+        self.pool = None
+        self.pending = None
+        self.grad_layout: Dict[torch.dtype, tuple] = {}
+
+    # graphs live on the device of one process: copies start empty
+    def __deepcopy__(self, memo):
+        return EncoderGraphs()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def token(self, ctx) -> _Token:
+        ctx.token = _Token()
+        return ctx.token
+
+    def grad_views(self) -> Dict[int, torch.Tensor]:
+        """Parameter id -> its slice of the shared gradient buffer."""
+        return {id(p): g.view_as(p) for flat, params, sizes in self.grad_layout.values()
+                for p, g in zip(params, flat.split(sizes))}
+
+    def grad_copies(self) -> Dict[int, torch.Tensor]:
+        """Parameter id -> a copy of its gradient (one copy of the whole buffer)."""
+        return {id(p): g.view_as(p) for flat, params, sizes in self.grad_layout.values()
+                for p, g in zip(params, flat.clone().split(sizes))}
+
+    def run(
+        self,
+        module: torch.nn.Module,
+        core: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        xs: torch.Tensor,
+        ilens: torch.Tensor,
+        out_frames: Callable[[int], int],
+    ) -> Optional[torch.Tensor]:
+        """``core(xs, ilens)[:, :out_frames(T)]``, through a graph where possible; None
+        when the caller should run its own eager path (hooks, or graphs turned off).
+
+        Every call runs on one side stream of the encoder, eager or graphed, so the
+        autograd nodes of the parameters never hold another stream (a capture whose
+        backward would have to wait on another stream fails).
+        """
+        if self.disabled:
+            return None
+        if self.watch is None:
+            self.watch = _Watch(module)
+        if self.watch.hooked():
+            return None
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=xs.device)
+        current = torch.cuda.current_stream(xs.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            out = self._run(module, core, xs, ilens, out_frames)
+        current.wait_stream(self.stream)
+        out.record_stream(current)
+        return out
+
+    def _run(self, module, core, xs, ilens, out_frames) -> torch.Tensor:
+        batch, frames = bucket_batch(xs.size(0)), bucket_frames(xs.size(1))
+        pending = self.pending is not None and self.pending() is not None
+        if batch is None or frames is None or pending:
+            return core(xs, ilens)
+        signature = self.watch.signature()
+        if signature != self.signature:
+            self._reset()
+            self.signature = signature
+        backward = torch.is_grad_enabled() and (
+            xs.requires_grad or any(p.requires_grad for p in module.parameters()))
+        key = (batch, frames, xs.dtype, xs.requires_grad, module.training, backward,
+               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= MAX_GRAPHS:
+                return core(xs, ilens)
+            try:
+                entry = self._capture(module, core, xs, ilens, batch, frames, backward)
+            except Exception as error:  # any capture problem: eager from now on
+                logging.warning("CUDA graphs of the spiking encoder turned off: %s", error)
+                self.disabled = True
+                return core(xs, ilens)
+            self.entries[key] = entry
+        params = entry.params if backward else []
+        return _Replay.apply(self, entry, out_frames(xs.size(1)), xs, ilens, *params)
+
+    def _capture(self, module, core, xs, ilens, batch, frames, backward) -> _Entry:
+        entry = _Entry(batch, frames, xs, ilens)
+        with torch.no_grad():
+            entry.xs[:xs.size(0), :xs.size(1)].copy_(xs)
+            entry.ilens[:xs.size(0)].copy_(ilens)
+        entry.xs.requires_grad_(xs.requires_grad)
+        if not module.training:  # the one host read of eval (a calibration warning)
+            for m in module.modules():
+                if hasattr(m, "_warn_if_uncalibrated"):
+                    m._warn_if_uncalibrated()
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"),
+                                  cache_enabled=False)
+        params = [p for p in module.parameters() if p.requires_grad] if backward else []
+        targets = params + ([entry.xs] if xs.requires_grad else [])
+        self._warm_up(module, core, entry, autocast, targets)
+        out = self._captured(entry.forward_graph, lambda: core(entry.xs, entry.ilens),
+                             autocast)
+        entry.out = out.detach()
+        if backward:
+            entry.params = params
+            if not self.grad_layout:
+                self._allocate_grads(entry.params)
+            views = self.grad_views()
+            entry.grad_out = torch.zeros_like(entry.out)
+            holder = {}
+
+            def run_backward():
+                grads = torch.autograd.grad(out, targets, entry.grad_out, allow_unused=True)
+                params_grads = grads[:len(entry.params)]
+                entry.has_grad = [g is not None for g in params_grads]
+                used = [(views[id(p)], g) for p, g in zip(entry.params, params_grads)
+                        if g is not None]
+                if used:
+                    torch._foreach_copy_([v for v, _ in used], [g for _, g in used])
+                if xs.requires_grad:
+                    holder["xs"] = grads[-1]
+
+            entry.backward_graph = torch.cuda.CUDAGraph()
+            self._captured(entry.backward_graph, run_backward, None)
+            entry.grad_xs = holder.get("xs")
+        del out
+        torch.cuda.empty_cache()  # the warm-up's blocks, cached for the side stream only
+        return entry
+
+    @staticmethod
+    def _warm_up(module, core, entry, autocast, targets):
+        """One forward and backward on the static tensors on the capture stream, as
+        ``torch.cuda.make_graphed_callables`` does before capturing (libraries finish
+        their lazy set-up outside the capture); the statistics it moved are restored."""
+        saved = [b.detach().clone() for b in module.buffers()]
+        with autocast:
+            out = core(entry.xs, entry.ilens)
+        if targets:
+            torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
+        del out
+        with torch.no_grad():
+            for buffer, value in zip(module.buffers(), saved):
+                buffer.copy_(value)
+        torch.cuda.synchronize()
+
+    def _captured(self, graph, work, autocast):
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            graph.capture_begin(pool=self.pool, capture_error_mode=os.environ.get(
+                "IMLSPIKE_CAPTURE_MODE", "thread_local"))
+            try:
+                if autocast is None:
+                    result = work()
+                else:
+                    with autocast:
+                        result = work()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        if self.pool is None:
+            self.pool = graph.pool()
+        return result
+
+    def _allocate_grads(self, params):
+        for dtype in {p.dtype for p in params}:
+            group = [p for p in params if p.dtype == dtype]
+            sizes = [p.numel() for p in group]
+            flat = torch.empty(sum(sizes), dtype=dtype, device=group[0].device)
+            self.grad_layout[dtype] = (flat, group, sizes)

@@ -1,0 +1,293 @@
+"""The fast paths (espnet_imlspike.fast) equal the reference path, on the CPU.
+
+Forward values are compared bit for bit (the fast path repeats the reference's
+arithmetic); gradients up to the order in which float sums are taken; IMLS statistics
+exactly. The CUDA graphs themselves need a GPU (bench/fast_checks.py); what they rely
+on (padding to a bucket leaves the real outputs unchanged) is tested here.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from espnet_imlspike import fast
+from espnet_imlspike.attention import attention_weights
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder
+from espnet_imlspike.errors import OptionError
+from espnet_imlspike.fast import fast_mode
+from espnet_imlspike.fast import long_attention
+from espnet_imlspike.fast.firing import fire_linear
+from espnet_imlspike.fast.graphs import bucket_batch, bucket_frames
+from espnet_imlspike.neurons import InputAwareMultiLevelSpikeNeuron
+
+from helpers import REPO
+
+SMALL = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=3)
+
+
+def lengths_mask(lengths, frames):
+    return torch.arange(frames)[None] < torch.tensor(lengths)[:, None]
+
+
+def train_steps(encoder, xs, lengths, mode, steps=3, seed=0):
+    """Outputs, gradients and buffers of a few training steps under a fast mode."""
+    outputs, grads = [], []
+    with fast_mode(mode):
+        for step in range(steps):
+            torch.manual_seed(seed + step)  # same dropout draws on both paths
+            out, olens, _ = encoder(xs, lengths)
+            (out * torch.linspace(-1, 1, out.size(-1), dtype=out.dtype)).sum().backward()
+            outputs.append((out.detach().clone(), olens))
+            grads.append([p.grad.clone() for p in encoder.parameters()])
+            encoder.zero_grad()
+    return outputs, grads, [b.clone() for b in encoder.buffers()]
+
+
+def assert_same_training(reference, fast_copy, xs, lengths, rtol):
+    ref_out, ref_grads, ref_buffers = train_steps(reference, xs, lengths, "0")
+    out, grads, buffers = train_steps(fast_copy, xs, lengths, "1")
+    for (a, la), (b, lb) in zip(ref_out, out):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    for step_ref, step in zip(ref_grads, grads):
+        # relative to the largest gradient of the step: some are zero in exact arithmetic
+        # (a key bias shifts every score of a row equally when there is no decay mask)
+        scale = max(a.abs().max() for a in step_ref)
+        for a, b in zip(step_ref, step):
+            assert (a - b).abs().max() <= rtol * scale
+    assert all(torch.equal(a, b) for a, b in zip(ref_buffers, buffers))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_imls_neuron_and_linears_equal_the_reference(dtype):
+    torch.manual_seed(0)
+    neuron = InputAwareMultiLevelSpikeNeuron(16, 6).to(dtype)
+    layers = [torch.nn.Linear(16, 8).to(dtype) for _ in range(3)]
+    neuron2, layers2 = copy.deepcopy(neuron), copy.deepcopy(layers)
+    valid = lengths_mask([7, 5, 2], 7)
+    for step in range(3):
+        x = torch.randn(3, 7, 16, dtype=dtype) * 2
+        x[0, 0, :3] = torch.tensor([-1.0, 0.0, 100.0], dtype=dtype)  # clip edges
+        if step == 1:
+            x[1, 1, 1] = float("nan")  # a NaN batch: skipped statistics, NaN gradients
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        weights = [torch.randn(3, 7, 8, dtype=dtype) for _ in layers]
+        spikes = neuron(xa, valid)
+        ref = [layer(spikes) for layer in layers]
+        got = fire_linear(neuron2, xb, valid, layers2)
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True)
+        sum(((o * w).nan_to_num()).sum() for o, w in zip(ref, weights)).backward()
+        sum(((o * w).nan_to_num()).sum() for o, w in zip(got, weights)).backward()
+        eps = 1e-6 if dtype == torch.float32 else 1e-13  # sums of three layers' grads
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=0, equal_nan=True,
+                                   atol=eps * xa.grad.nan_to_num().abs().max().item())
+        for a, b in zip(layers, layers2):
+            if step == 1:  # non-finite on both paths, so ESPnet skips the update alike
+                assert not a.weight.grad.isfinite().all() and b.weight.grad.isnan().all()
+            else:
+                torch.testing.assert_close(b.weight.grad, a.weight.grad, rtol=0, atol=0)
+            a.weight.grad = b.weight.grad = None
+        assert torch.equal(neuron.running_max, neuron2.running_max)
+        assert torch.equal(neuron.num_batches_tracked, neuron2.num_batches_tracked)
+    neuron.eval(), neuron2.eval()
+    with torch.no_grad():
+        x = torch.randn(3, 7, 16, dtype=dtype)
+        assert torch.equal(neuron(x, valid), fire_linear(neuron2, x, valid))
+
+
+def test_fused_neuron_under_bf16_autocast_matches_the_reference():
+    torch.manual_seed(0)
+    neuron, layer = InputAwareMultiLevelSpikeNeuron(16, 6), torch.nn.Linear(16, 8)
+    neuron2, layer2 = copy.deepcopy(neuron), copy.deepcopy(layer)
+    x = torch.randn(3, 7, 16)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = layer(neuron(xa, valid))
+        (got,) = fire_linear(neuron2, xb, valid, [layer2])
+    assert ref.dtype == got.dtype == torch.bfloat16 and torch.equal(ref, got)
+    ref.float().square().sum().backward()
+    got.float().square().sum().backward()
+    assert torch.equal(xa.grad, xb.grad)
+    assert torch.equal(layer.weight.grad, layer2.weight.grad)
+
+
+def attention_inputs(dtype, lengths=(37, 20), heads=2, d=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    n, length = len(lengths), max(lengths)
+    q = torch.randn(n, heads, length, d, dtype=dtype, generator=generator)
+    k = torch.randn(n, heads, length, d, dtype=dtype, generator=generator)
+    v = torch.randint(0, 7, (n, heads, length, d), generator=generator).to(dtype)
+    return q, k, v, lengths_mask(list(lengths), length)
+
+
+@pytest.mark.parametrize("decay", [None, 1 - 2**-6, 0.9])
+@pytest.mark.parametrize("variant,norm", [("softmax", "none"), ("linear", "none"),
+                                          ("linear", "valid_keys")])
+def test_memory_linear_attention_equals_the_explicit_map(decay, variant, norm):
+    q, k, v, valid = attention_inputs(torch.float64)
+    grad = torch.randn_like(q)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = attention_weights(leaves[0] @ leaves[1].transpose(-2, -1), valid, variant,
+                            decay, 8, norm) @ leaves[2]
+    ref_grads = torch.autograd.grad((ref * grad).sum(), leaves)
+    for chunk in (5, 8, 37):  # chunks across the end, inside, one chunk
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        if variant == "softmax":
+            out = long_attention.chunked_softmax_context(*leaves, valid, decay, 8, chunk)
+        else:
+            out = long_attention.decayed_linear_context(*leaves, valid, decay, norm, chunk)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad((out * grad).sum(), leaves), ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_single_chunk_softmax_is_bit_identical_to_the_explicit_map():
+    q, k, v, valid = attention_inputs(torch.float32)
+    ref = attention_weights(q @ k.transpose(-2, -1), valid, "softmax", 0.97, 8) @ v
+    assert torch.equal(long_attention.chunked_softmax_context(q, k, v, valid, 0.97, 8), ref)
+
+
+@pytest.mark.parametrize("attention", ["hd_repssa_softmax", "hd_repssa_linear",
+                                       "repssa_softmax", "repssa_linear"])
+@pytest.mark.parametrize("normalize_before", [True, False])
+def test_fast_encoder_training_equals_the_reference(attention, normalize_before):
+    torch.manual_seed(0)
+    encoder = IMLSpikeformerEncoder(20, **SMALL, attention=attention, dropout_rate=0.1,
+                                    normalize_before=normalize_before).double()
+    xs = torch.randn(3, 60, 20, dtype=torch.float64)
+    lengths = torch.tensor([60, 45, 30])
+    assert_same_training(encoder, copy.deepcopy(encoder), xs, lengths, rtol=1e-10)
+
+
+def test_fast_encoder_fp32_training_and_eval_equal_the_reference():
+    torch.manual_seed(1)
+    encoder = IMLSpikeformerEncoder(20, **SMALL)
+    fast_copy = copy.deepcopy(encoder)
+    xs, lengths = torch.randn(4, 80, 20), torch.tensor([80, 70, 33, 7])
+    assert_same_training(encoder, fast_copy, xs, lengths, rtol=1e-4)
+    encoder.eval(), fast_copy.eval()
+    with torch.no_grad(), fast_mode("0"):
+        ref, olens, _ = encoder(xs, lengths)
+    with torch.no_grad(), fast_mode("1"):
+        out, olens2, _ = fast_copy(xs, lengths)
+    assert torch.equal(ref, out) and torch.equal(olens, olens2)
+
+
+def test_long_path_switch_keeps_the_linear_encoder_equal(monkeypatch):
+    monkeypatch.setattr(long_attention, "LONG_MAP_ELEMENTS", 0)  # every map is "long"
+    torch.manual_seed(2)
+    encoder = IMLSpikeformerEncoder(20, **SMALL, attention="hd_repssa_linear").double()
+    fast_copy = copy.deepcopy(encoder)
+    xs, lengths = torch.randn(2, 300, 20, dtype=torch.float64), torch.tensor([300, 170])
+    torch.manual_seed(0)
+    with fast_mode("0"):
+        ref, _, _ = encoder(xs, lengths)
+    torch.manual_seed(0)
+    with fast_mode("1"):
+        out, _, _ = fast_copy(xs, lengths)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("options", [dict(firing="mls"), dict(firing="multistep"),
+                                     dict(attention="sdsa3")])
+def test_blocks_the_fast_path_does_not_cover_run_the_reference(options):
+    from espnet_imlspike.fast import block as fast_block
+
+    encoder = IMLSpikeformerEncoder(20, **SMALL, **options)
+    assert not any(fast_block.supported(b) for b in encoder.encoders)
+    torch.manual_seed(0)
+    xs, lengths = torch.randn(2, 40, 20), torch.tensor([40, 30])
+    assert_same_training(encoder, copy.deepcopy(encoder), xs, lengths, rtol=0)
+
+
+def test_hooked_neurons_see_every_call_on_the_fast_path():
+    encoder = IMLSpikeformerEncoder(20, **SMALL)
+    seen = []
+    encoder.encoders[0].mlp_input_neuron.register_forward_hook(lambda *a: seen.append(1))
+    with fast_mode("1"):
+        encoder(torch.randn(2, 40, 20), torch.tensor([40, 30]))
+    assert seen == [1]
+
+
+def test_fast_path_keeps_less_for_backward():
+    """Activation bytes autograd keeps for one block (parameters excluded): the fused
+    nodes keep under 40% of the reference's (measured 30% at 256/2048 units, L = 99)."""
+    torch.manual_seed(0)
+    block = IMLSpikeformerEncoder(20, output_size=64, attention_heads=4,
+                                  linear_units=512, num_blocks=1).encoders[0]
+    x = torch.randn(4, 99, 64, requires_grad=True)
+    valid = lengths_mask([99, 94, 87, 79], 99)
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+
+    def saved_bytes(mode):
+        seen = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with fast_mode(mode), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x, valid)
+        return sum(seen.values())
+
+    assert saved_bytes("1") < 0.4 * saved_bytes("0")
+
+
+def test_padding_to_a_bucket_leaves_the_outputs_unchanged():
+    torch.manual_seed(3)
+    encoder = IMLSpikeformerEncoder(20, **SMALL).eval()
+    xs, lengths = torch.randn(3, 70, 20), torch.tensor([70, 52, 9])
+    batch, frames = bucket_batch(3), bucket_frames(70)  # what a graph's static input is
+    padded_xs = torch.zeros(batch, frames, 20)
+    padded_xs[:3, :70] = xs
+    padded_lengths = torch.zeros(batch, dtype=torch.long)
+    padded_lengths[:3] = lengths
+    with torch.no_grad(), fast_mode("1"):
+        ref, olens, _ = encoder(xs, lengths)
+        padded = encoder._graph_core(padded_xs, padded_lengths)[:3, :encoder._out_frames(70)]
+    assert padded.shape == ref.shape
+    valid = lengths_mask(olens.tolist(), ref.size(1))
+    torch.testing.assert_close(padded[valid], ref[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_buckets():
+    assert [bucket_frames(n) for n in (1, 128, 129, 1000, 1025, 2049, 4096)] == [
+        128, 128, 256, 1024, 1280, 2560, 4096]
+    assert bucket_frames(4097) is None
+    assert [bucket_batch(n) for n in (1, 5, 9, 17, 32, 33)] == [1, 6, 10, 20, 32, 40]
+
+
+def test_switch_defaults_to_cuda_only_and_names_a_bad_value(monkeypatch):
+    monkeypatch.delenv("IMLSPIKE_FAST", raising=False)
+    assert not fast.enabled(torch.zeros(1))
+    with fast_mode("1"):
+        assert fast.enabled(torch.zeros(1))
+    monkeypatch.setenv("IMLSPIKE_FAST", "yes")
+    with pytest.raises(OptionError, match="IMLSPIKE_FAST"):
+        fast.enabled(torch.zeros(1))
+    with pytest.raises(OptionError, match="fast mode"):
+        with fast_mode("fast"):
+            pass
+
+
+def test_graphs_are_not_copied_with_the_model():
+    encoder = IMLSpikeformerEncoder(20, **SMALL)
+    encoder._graphs.entries["key"] = object()
+    assert copy.deepcopy(encoder)._graphs.entries == {}
+
+
+@pytest.mark.slow
+def test_bench_scripts_smoke_on_cpu(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for script in ("replay_shapes.py", "long_utterances.py"):
+        done = subprocess.run(
+            [sys.executable, str(REPO / "bench" / script), "--smoke", "--out", str(tmp_path)],
+            capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
