@@ -3,7 +3,8 @@
 Measured side by side in one process on one device: forward + backward + AdamW step of
 the encoder alone (the decoder and CTC are the same for all models), random 80-dim
 features with random lengths, CUDA-event timing after warm-up, peak memory from the
-allocator. Ratios are against ESPnet's TransformerEncoder of the same size.
+allocator. Ratios are against ESPnet's TransformerEncoder of the same size. Model names
+as in ``bench/common.py`` (``@ref``: the reference path, fast paths off).
 
     python bench/train_speed.py --size aishell --batch 32 --frames 800 --out bench/out
     python bench/train_speed.py --size tiny --device cpu --steps 2   # smoke test
@@ -19,28 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIZES = {
-    "aishell": dict(output_size=256, attention_heads=4, linear_units=2048, num_blocks=12),
-    "tiny": dict(output_size=64, attention_heads=2, linear_units=128, num_blocks=2),
-}
-
-
-def build(name: str, size: dict):
-    from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
-
-    from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
-
-    if name == "transformer":
-        return TransformerEncoder(80, **size)
-    if name == "spike_driven_transformer_t6":
-        return SpikeDrivenTransformerEncoder(80, **size, timesteps=6)
-    kind, steps = name.rsplit("_t", 1)
-    options = {
-        "iml_imls": dict(firing="imls"),
-        "iml_multistep": dict(firing="multistep"),
-        "iml_imls_linear": dict(firing="imls", attention="hd_repssa_linear"),
-    }[kind]
-    return IMLSpikeformerEncoder(80, **size, timesteps=int(steps), **options)
+from common import SIZES, build, path_for  # noqa: E402
 
 
 def batch(batch_size: int, frames: int, device):
@@ -98,7 +78,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--models", nargs="+", default=[
-        "transformer", "iml_imls_t6", "iml_imls_t4", "iml_imls_linear_t6",
+        "transformer", "iml_imls_t6@ref", "iml_imls_t6", "iml_imls_t4", "iml_imls_linear_t6",
         "iml_multistep_t6", "spike_driven_transformer_t6"])
     parser.add_argument("--compile", nargs="*", default=[],
                         help="models to also measure under torch.compile")
@@ -113,8 +93,9 @@ def main(argv=None):
             for compiled in ([False, True] if name in args.compile else [False]):
                 torch.manual_seed(0)
                 try:
-                    result = measure(build(name, SIZES[args.size]), xs, lengths, args.steps,
-                                     args.warmup, dtype, device, compiled)
+                    with path_for(name):
+                        result = measure(build(name, SIZES[args.size]), xs, lengths,
+                                         args.steps, args.warmup, dtype, device, compiled)
                 except torch.OutOfMemoryError:
                     result = {"step_s": float("nan"), "peak_gib": float("nan"),
                               "loss_finite": False, "error": "out of memory"}

@@ -1,0 +1,99 @@
+"""What the encoder benchmarks share: model names, the fast-path switch per name, timing.
+
+Model names: ``transformer`` (ESPnet's TransformerEncoder), ``iml_<firing>[_linear]_t<T>``
+(IML-Spikeformer; ``imls``/``multistep`` firing, ``_linear`` for HD-RepSSA_L),
+``spike_driven_transformer_t6``. A suffix ``@ref`` runs the reference path (fast paths
+off, as before this work); ``@nographs`` keeps the fused modules but no CUDA graphs.
+"""
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZES = {
+    "aishell": dict(output_size=256, attention_heads=4, linear_units=2048, num_blocks=12),
+    "tiny": dict(output_size=64, attention_heads=2, linear_units=128, num_blocks=2),
+}
+
+
+def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
+    from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+
+    from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder, SpikeDrivenTransformerEncoder
+
+    name = name.split("@")[0]
+    if name == "transformer":
+        return TransformerEncoder(input_size, **size)
+    if name == "spike_driven_transformer_t6":
+        return SpikeDrivenTransformerEncoder(input_size, **size, timesteps=6)
+    kind, steps = name.rsplit("_t", 1)
+    options = {
+        "iml_imls": dict(firing="imls"),
+        "iml_multistep": dict(firing="multistep"),
+        "iml_imls_linear": dict(firing="imls", attention="hd_repssa_linear"),
+    }[kind]
+    return IMLSpikeformerEncoder(input_size, **size, timesteps=int(steps), **options)
+
+
+@contextlib.contextmanager
+def path_for(name: str):
+    """The fast-path switch a model name asks for (see the module docstring)."""
+    from espnet_imlspike.fast import fast_mode
+
+    suffix = name.split("@")[1] if "@" in name else ""
+    graphs = os.environ.get("IMLSPIKE_CUDA_GRAPHS")
+    if suffix == "nographs":
+        os.environ["IMLSPIKE_CUDA_GRAPHS"] = "0"
+    try:
+        with fast_mode("0" if suffix == "ref" else "auto"):
+            yield
+    finally:
+        if graphs is None:
+            os.environ.pop("IMLSPIKE_CUDA_GRAPHS", None)
+        else:
+            os.environ["IMLSPIKE_CUDA_GRAPHS"] = graphs
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device):
+    """(peak allocated, peak reserved) in GiB since the last reset (NaN on the CPU)."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    return (torch.cuda.max_memory_allocated(device) / 2**30,
+            torch.cuda.max_memory_reserved(device) / 2**30)
+
+
+class Clock:
+    """Wall time of a region, synchronised with the device at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,76 @@
+#!/bin/bash
+# Runs the GPU benchmarks of bench/README.md on a lent GPU machine (no ESPnet there):
+# installs the carried wheels (.whl, see bench/README.md), then each named task with
+# its own time limit, logs and outputs under /tmp/res, packed into $OUT/results.tgz.
+#
+#   bash bench/device_run.sh checks stock_bf16 replay long deploy
+#
+# tasks: probe checks profile replay stock_bf16 stock_fp32 long infer fixed deploy
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+RES=/tmp/res
+mkdir -p $RES
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $RES/device.txt
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a $RES/device.txt
+
+task() {  # name, seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name ($(date +%T))"
+    timeout "$limit" "$@" > $RES/$name.log 2>&1
+    echo "=== $name rc=$? ($(date +%T))"
+    tar czf $OUT/results.tgz -C $RES . 2>/dev/null  # what is done so far comes back
+    grep -v '^\[' $RES/$name.log | grep -E '^\||"output_max|error|Error|OOM|rc=' | tail -40
+}
+
+for t in "$@"; do
+    case $t in
+    probe)  # capture mode for the tasks after it: the first that captures the encoder
+        task probe 300 python3 bench/graph_probe.py
+        cat $RES/probe.log | cut -c1-1200
+        mode=$(grep -E '^encoder_graphs_[a-z_]+: PASS' $RES/probe.log | head -1 \
+            | sed -E 's/^encoder_graphs_([a-z_]+): PASS.*/\1/')
+        if [ -n "$mode" ]; then export IMLSPIKE_CAPTURE_MODE=$mode
+        else export IMLSPIKE_CUDA_GRAPHS=0; fi
+        echo "capture mode: ${mode:-none, CUDA graphs off}" | tee -a $RES/device.txt ;;
+    checks) task checks 300 python3 bench/fast_checks.py --out $RES/checks ;;
+    replay) task replay 300 python3 bench/replay_shapes.py --out $RES/replay ;;
+    stock_bf16) task stock_bf16 420 python3 bench/stock_train.py --out /tmp/st \
+        --precision bf16 --models transformer iml_imls_t6 iml_imls_t6@ref \
+        iml_multistep_t6:100 no_encoder_blocks
+        mkdir -p $RES/stock_bf16 && cp /tmp/st/stock_train.* $RES/stock_bf16/ 2>/dev/null
+        for d in /tmp/st/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
+            > $RES/stock_bf16/$(basename $d).log; cp $d/memory.json \
+            $RES/stock_bf16/$(basename $d).memory.json 2>/dev/null; done ;;
+    stock_fp32) task stock_fp32 170 python3 bench/stock_train.py --out /tmp/st32 \
+        --precision fp32 --models transformer iml_imls_t6 no_encoder_blocks
+        mkdir -p $RES/stock_fp32 && cp /tmp/st32/stock_train.* $RES/stock_fp32/ 2>/dev/null ;;
+    profile) task profile_bf16 150 python3 bench/profile_step.py --out $RES/profile
+        grep -h "^##" $RES/profile/*.txt ;;
+    profile_fp32) task profile_fp32 150 python3 bench/profile_step.py --out $RES/profile \
+            --dtype float32
+        grep -h "^##" $RES/profile/*.txt ;;
+    memory)  # peak memory of the fused modules without CUDA graphs, beside the default
+        task memory_stock 240 python3 bench/stock_train.py --out /tmp/stm --precision bf16 \
+            --models transformer iml_imls_t6@nographs iml_imls_t6
+        mkdir -p $RES/memory && cp /tmp/stm/stock_train.* $RES/memory/ 2>/dev/null
+        task memory_long 150 python3 bench/long_utterances.py --out $RES/memory \
+            --lengths 1000 2000 4000 8000 --models transformer iml_imls_t6@nographs \
+            iml_imls_linear_t6@nographs iml_imls_t6 ;;
+    long) task long 150 python3 bench/long_utterances.py --out $RES/long ;;
+    infer) task infer 240 python3 bench/inference_speed.py --out $RES/infer \
+        --compile transformer iml_imls_t6 ;;
+    fixed) task fixed 120 python3 bench/train_speed.py --out $RES/fixed \
+        --models transformer iml_imls_t6@ref iml_imls_t6 iml_multistep_t6 ;;
+    deploy)
+        task deploy_spike_train 120 python3 bench/deploy_divergence.py --device cuda \
+            --blocks 6 --size 256 --timesteps 6
+        task deploy_multi_level 120 python3 bench/deploy_divergence.py --device cuda \
+            --blocks 6 --size 256 --timesteps 6 --execution multi_level
+        grep -v '^\[' $RES/deploy_spike_train.log | tail -20 ;;
+    esac
+done
+tar czf $OUT/results.tgz -C $RES .
+ls -la $OUT

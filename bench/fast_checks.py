@@ -1,0 +1,188 @@
+"""GPU checks that the fast paths equal the reference path (paper size, 12 x 256).
+
+* fused modules, eager, vs reference: three training steps with dropout (same seeds),
+  fp32 and bf16 autocast: encoder outputs, gradients, IMLS statistics;
+* CUDA graphs vs the same fused modules run eagerly on the same bucket-padded batch
+  (dropout off: a graph draws its dropout masks from offsets of its own), two steps
+  accumulated into ``.grad``, then an eval step; and vs the reference on the unpadded
+  batch (where matrix products of other shapes may round differently);
+* memory-linear attention vs the explicit map on one 1500-frame utterance.
+
+    python bench/fast_checks.py --out bench/out
+"""
+
+import argparse
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from common import SIZES
+
+from espnet_imlspike.attention import attention_weights  # noqa: E402
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
+from espnet_imlspike.fast import fast_mode  # noqa: E402
+from espnet_imlspike.fast.long_attention import (  # noqa: E402
+    chunked_softmax_context,
+    decayed_linear_context,
+)
+
+
+def steps(encoder, xs, lengths, mode, dtype, count, seed=0, zero_grad=True, graphs=True,
+          region=None):
+    """``count`` training steps; the loss reads outputs[:region] (a padded batch's real
+    utterances and frames). Returns outputs, gradients, output lengths, buffers."""
+    os.environ["IMLSPIKE_CUDA_GRAPHS"] = "1" if graphs else "0"
+    outputs = []
+    with fast_mode(mode):
+        for step in range(count):
+            torch.manual_seed(seed + step)
+            with torch.autocast(xs.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                out, olens, _ = encoder(xs, lengths)
+            if region is not None:
+                out, olens = out[:region[0], :region[1]], olens[:region[0]]
+            weight = torch.linspace(-1, 1, out.size(-1), device=out.device)
+            (out.float() * weight).sum().backward()
+            outputs.append(out.detach().float())
+            if zero_grad and step < count - 1:
+                encoder.zero_grad(set_to_none=True)
+    grads = [p.grad.float().clone() for p in encoder.parameters()]
+    encoder.zero_grad(set_to_none=True)
+    return outputs, grads, olens, [b.clone() for b in encoder.buffers()]
+
+
+def compare(a, b, olens):
+    (out_a, grads_a, _, buffers_a), (out_b, grads_b, _, buffers_b) = a, b
+    valid = torch.arange(out_a[0].size(1), device=olens.device)[None] < olens[:, None]
+    diffs = [(x - y)[valid].abs() for x, y in zip(out_a, out_b)]
+    scale = max(g.abs().max() for g in grads_a)
+    return {
+        "output_max_abs_diff": max(float(d.max()) for d in diffs),
+        "output_share_differing": max(float((d > 0).float().mean()) for d in diffs),
+        "grad_max_diff_over_max_grad": float(max((x - y).abs().max() for x, y in
+                                                 zip(grads_a, grads_b)) / scale),
+        "statistics_equal": all(torch.equal(x, y) for x, y in zip(buffers_a, buffers_b)),
+    }
+
+
+def batch(device, lengths=(600, 580, 560, 500, 450, 400, 350, 301)):
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.randn(len(lengths), max(lengths), 80, generator=generator)
+    return xs.to(device), torch.tensor(lengths, device=device)
+
+
+def fused_vs_reference(device, dtype, size):
+    torch.manual_seed(0)
+    ref = IMLSpikeformerEncoder(80, **SIZES[size]).to(device).train()
+    fast = copy.deepcopy(ref)
+    xs, lengths = batch(device)
+    a = steps(ref, xs, lengths, "0", dtype, 3)
+    b = steps(fast, xs, lengths, "1", dtype, 3, graphs=False)
+    return compare(a, b, a[2])
+
+
+def graphs_vs_eager(device, dtype, size):
+    from espnet_imlspike.fast.graphs import bucket_batch, bucket_frames
+
+    torch.manual_seed(0)
+    options = dict(SIZES[size], dropout_rate=0.0, positional_dropout_rate=0.0)
+    eager = IMLSpikeformerEncoder(80, **options).to(device).train()
+    graphed, reference = copy.deepcopy(eager), copy.deepcopy(eager)
+    xs, lengths = batch(device)
+    padded = xs.new_zeros(bucket_batch(xs.size(0)), bucket_frames(xs.size(1)), 80)
+    padded[:xs.size(0), :xs.size(1)] = xs
+    plen = lengths.new_zeros(padded.size(0))
+    plen[:xs.size(0)] = lengths
+    region = (xs.size(0), graphed._out_frames(xs.size(1)))
+    runs = {}
+    for name, model, inputs, mode, graphs, part in (
+            ("eager_padded", eager, (padded, plen), "1", False, region),
+            ("graphed", graphed, (xs, lengths), "1", True, None),
+            ("reference", reference, (xs, lengths), "0", False, None)):
+        # three warm-up steps (graphs: eager padded run, capture, replay), then two
+        # steps accumulated into .grad
+        steps(model, *inputs, mode, dtype, 3, graphs=graphs, region=part)
+        runs[name] = steps(model, *inputs, mode, dtype, 2, zero_grad=False, graphs=graphs,
+                           region=part)
+    olens = runs["graphed"][2]
+    results = {
+        "graphed_vs_eager_same_padded_shapes": compare(runs["eager_padded"], runs["graphed"],
+                                                       olens),
+        "graphed_vs_reference_unpadded": compare(runs["reference"], runs["graphed"], olens),
+    }
+    results["graphs_captured"] = len(graphed._graphs.entries)
+    for model in (eager, graphed):
+        model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
+                                         enabled=dtype != torch.float32):
+        os.environ["IMLSPIKE_CUDA_GRAPHS"] = "1"
+        outs = [graphed(xs, lengths)[0].float() for _ in range(3)]  # capture, replays
+        os.environ["IMLSPIKE_CUDA_GRAPHS"] = "0"
+        ref_out, olens, _ = eager(xs, lengths)
+        same_shape, _, _ = eager(padded, plen)
+    valid = torch.arange(ref_out.size(1), device=device)[None] < olens[:, None]
+    same_shape = same_shape[:xs.size(0), :ref_out.size(1)].float()
+    for name, other in (("same_padded_shapes", same_shape), ("unpadded", ref_out.float())):
+        diff = (outs[-1] - other)[valid].abs()
+        results[f"eval_graphed_vs_eager_{name}_max_abs_diff"] = float(diff.max())
+        results[f"eval_graphed_vs_eager_{name}_share_differing"] = float(
+            (diff > 0).float().mean())
+    results["eval_graphs_captured"] = len(graphed._graphs.entries)
+    os.environ["IMLSPIKE_CUDA_GRAPHS"] = "1"
+    return results
+
+
+def long_attention(device):
+    torch.manual_seed(0)
+    n, heads, length, d = 1, 4, 1500, 64
+    q, k = (torch.randn(n, heads, length, d, device=device) for _ in range(2))
+    v = torch.randint(0, 7, (n, heads, length, d), device=device).float()
+    valid = torch.arange(length, device=device)[None] < 1400
+    results = {}
+    for variant in ("softmax", "linear"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        ref = attention_weights(leaves[0] @ leaves[1].transpose(-2, -1), valid, variant,
+                                1 - 2**-6, d) @ leaves[2]
+        grad = torch.randn_like(ref)
+        ref_grads = torch.autograd.grad((ref * grad).sum(), leaves)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        if variant == "softmax":
+            out = chunked_softmax_context(*leaves, valid, 1 - 2**-6, d, chunk=256)
+        else:
+            out = decayed_linear_context(*leaves, valid, 1 - 2**-6)
+        grads = torch.autograd.grad((out * grad).sum(), leaves)
+        results[variant] = {
+            "context_max_rel_diff": float((out - ref).abs().max() / ref.abs().max()),
+            "grad_max_rel_diff": max(float((a - b).abs().max() / b.abs().max())
+                                     for a, b in zip(grads, ref_grads)),
+        }
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", choices=SIZES, default="aishell")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "torch": torch.__version__}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        results[f"fused_vs_reference_{name}"] = fused_vs_reference(device, dtype, args.size)
+        print(json.dumps(results), flush=True)
+        results[f"graphs_{name}"] = graphs_vs_eager(device, dtype, args.size)
+        print(json.dumps(results), flush=True)
+    results["long_attention_fp32"] = long_attention(device)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fast_checks.json").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

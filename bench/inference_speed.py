@@ -1,0 +1,112 @@
+"""Inference (eval, no grad) time of the encoders, eager and ``torch.compile``d.
+
+One fixed batch (``--batch`` x ``--frames``, lengths 75-100% of the longest), under
+autocast ``--dtype``; eager = the module as ESPnet's ``asr_inference`` runs it (for
+IML-Spikeformer on CUDA: the fast path, CUDA graphs included), ``@ref`` = the reference
+path, ``(compiled)`` = ``torch.compile(model)`` (its compile time reported). Median
+of ``--repeat`` CUDA-event-timed calls after ``--warmup`` calls.
+
+    python bench/inference_speed.py --out bench/out --compile transformer iml_imls_t6
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common import SIZES, build, device_name, path_for, synchronize
+
+
+def timed(fn, device, warmup, repeat):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--size", choices=SIZES, default="aishell")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=1200)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--models", nargs="+",
+                        default=["transformer", "iml_imls_t6@ref", "iml_imls_t6"])
+    parser.add_argument("--compile", nargs="*", default=[])
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(args.frames * 3 // 4, args.frames + 1, (args.batch,),
+                            generator=generator)
+    lengths[0] = args.frames
+    xs = torch.randn(args.batch, args.frames, 80, generator=generator).to(device)
+    lengths = lengths.to(device)
+    rows = []
+    for name in args.models + [m + " (compiled)" for m in args.compile]:
+        base = name.split(" ")[0]
+        torch.manual_seed(0)
+        with path_for(base):
+            model = build(base, SIZES[args.size]).to(device)
+            model.train()
+            with torch.no_grad():  # calibrate IMLS statistics
+                for _ in range(3):
+                    model(xs, lengths)
+            model.eval()
+            forward = model
+            compile_s = None
+            if name.endswith("(compiled)"):
+                forward = torch.compile(model)
+                synchronize(device)
+                start = time.perf_counter()
+                with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
+                                                     enabled=dtype != torch.float32):
+                    forward(xs, lengths)
+                synchronize(device)
+                compile_s = time.perf_counter() - start
+
+            def call():
+                with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
+                                                     enabled=dtype != torch.float32):
+                    return forward(xs, lengths)
+
+            seconds = timed(call, device, args.warmup, args.repeat)
+        row = {"model": name, "dtype": args.dtype, "step_s": seconds, "compile_s": compile_s}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model, forward
+        torch._dynamo.reset()
+    lines = [f"device: {device_name(device)}; torch {torch.__version__}; eval, "
+             f"{args.dtype} autocast, batch {args.batch} x up to {args.frames} frames", "",
+             "| model | time (ms) | vs Transformer eager | vs Transformer compiled | "
+             "compile (s) |", "|---|---|---|---|---|"]
+    eager = next(r for r in rows if r["model"] == "transformer")["step_s"]
+    compiled = next((r for r in rows if r["model"] == "transformer (compiled)"), {}).get(
+        "step_s", float("nan"))
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['step_s'] * 1e3:.2f} | "
+                     f"x{row['step_s'] / eager:.2f} | x{row['step_s'] / compiled:.2f} | "
+                     f"{row['compile_s'] or '-'} |")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "inference_speed.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "inference_speed.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
