@@ -135,6 +135,9 @@ def main(argv=None):
     iml = CONF / "train_asr_iml_spikeformer.yaml"
     results, summary = {}, {}
 
+    def save():
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
     def go(name, config=iml, extra_env=None, **kw):
         out = args.out / name
         env = environment(out, extra_env)
@@ -161,6 +164,7 @@ def main(argv=None):
             "wall_s": [one["wall_s"], two["wall_s"]],
             "gpu_max_cached_gib": [one["gpu_max_cached_gib"], two["gpu_max_cached_gib"]],
         }
+        save()
     if "amp" in args.runs:
         for name, extra in (("bf16amp_1gpu", {}), ("fp16amp_1gpu", {"IMLSPIKE_FORCE_FP16": "1"})):
             go(name, extra_env=extra, amp=True)
@@ -174,8 +178,9 @@ def main(argv=None):
                 entry["thresholds_max_rel_diff_vs_fp32"], entry["thresholds_finite"] = \
                     compare_stats(stats, reference)
             summary[name] = entry
+            save()
     if "resume" in args.runs:
-        per_epoch = max(4, iters // 3)
+        per_epoch = max(4, iters // 4)
         whole = go("resume_reference", epochs=3, iters=per_epoch)
         go("resume_killed", epochs=3, iters=per_epoch, kill_when=r"2epoch:train:\d+-\d+batch")
         resumed = go("resume_killed", epochs=3, iters=per_epoch, resume=True)
@@ -190,18 +195,20 @@ def main(argv=None):
                              "final_thresholds_max_rel_diff_vs_uninterrupted": worst,
                              "finite": finite,
                              "final_loss": [whole["losses"][-1:], resumed["losses"][-1:]]}
+        save()
     if "baselines" in args.runs:
         entries = {}
         for name, config in (("sdt", "train_asr_spike_driven_transformer.yaml"),
                              ("multistep", "train_asr_iml_spikeformer_ablation_multistep.yaml")):
-            for batch in (16, 32):
+            for batch in ((16, 32) if name == "sdt" else (32,)):
                 r = go(f"{name}_2gpu_b{batch}", config=CONF / config, ngpu=2, batch=batch,
                        iters=10 if not args.smoke else 2)
                 entries[f"{name}_b{batch}"] = {"returncode": r["returncode"],
                                                "gpu_max_cached_gib": r["gpu_max_cached_gib"],
                                                "wall_s": r["wall_s"]}
-        summary["baselines_2gpu"] = entries
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+                summary["baselines_2gpu"] = entries
+                save()
+    save()
     print(json.dumps(summary, indent=1, default=str))
 
 
