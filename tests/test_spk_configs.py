@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 import yaml
@@ -10,8 +9,6 @@ import yaml
 from helpers import REPO, build_spk_model, shipped_training_configs
 
 VOX = REPO / "conf/spk/voxceleb"
-TONE_SPK = REPO / "conf/spk/tone_demo"
-PURELIB = sysconfig.get_paths()["purelib"]
 
 # Table III (VoxCeleb1 speaker identification): config -> the paper's size in M
 TABLE_III = {

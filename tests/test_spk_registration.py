@@ -7,15 +7,8 @@ import yaml
 from helpers import REPO, run_python
 
 VOX = REPO / "conf/spk/voxceleb"
-TONE_SPK = REPO / "conf/spk/tone_demo"
 PURELIB = sysconfig.get_paths()["purelib"]
 
-# Table III (VoxCeleb1 speaker identification): config -> the paper's size in M
-TABLE_III = {
-    f"train_sid_{model}_{size}m.yaml": float(size)
-    for model in ("iml_spikeformer", "transformer")
-    for size in ("0.60", "1.18", "1.76")
-}
 # Table IV (speaker verification): IML T=6/T=8 and both baselines at one size
 TABLE_IV = [
     "train_mfa_iml_spikeformer_t6.yaml",
@@ -23,7 +16,6 @@ TABLE_IV = [
     "train_mfa_transformer.yaml",
     "train_mfa_spike_driven_transformer_t8.yaml",
 ]
-VOXCELEB1_SPEAKERS = 1251
 
 
 def test_registration_happens_when_espnet_spk_task_is_imported():

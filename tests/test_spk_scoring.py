@@ -1,31 +1,9 @@
 """Verification scoring (cosine, EER against ESPnet's) and the generated corpus."""
 
 import math
-import sysconfig
 
 import numpy as np
 import pytest
-
-from helpers import REPO
-
-VOX = REPO / "conf/spk/voxceleb"
-TONE_SPK = REPO / "conf/spk/tone_demo"
-PURELIB = sysconfig.get_paths()["purelib"]
-
-# Table III (VoxCeleb1 speaker identification): config -> the paper's size in M
-TABLE_III = {
-    f"train_sid_{model}_{size}m.yaml": float(size)
-    for model in ("iml_spikeformer", "transformer")
-    for size in ("0.60", "1.18", "1.76")
-}
-# Table IV (speaker verification): IML T=6/T=8 and both baselines at one size
-TABLE_IV = [
-    "train_mfa_iml_spikeformer_t6.yaml",
-    "train_mfa_iml_spikeformer_t8.yaml",
-    "train_mfa_transformer.yaml",
-    "train_mfa_spike_driven_transformer_t8.yaml",
-]
-VOXCELEB1_SPEAKERS = 1251
 
 
 def test_equal_error_rate_on_hand_worked_examples():
