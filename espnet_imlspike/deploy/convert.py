@@ -86,11 +86,16 @@ class IMLSpikeformerDeployEncoder(SpikingTransformerEncoder):
             padding_idx=arguments["padding_idx"], form="deploy",
         )
         self.counter = OpCounter()
+        self.wire_deploy_modules(execution)
+
+    def wire_deploy_modules(self, execution: str) -> None:
+        """Give every deploy module its name, the op counter, T and the execution mode
+        (again after a subclass swaps modules in)."""
         for name, module in self.named_modules():
             if isinstance(module, DeployModule):
                 module.layer_name = name
                 module.counter = self.counter
-                module.timesteps = options.timesteps
+                module.timesteps = self.options.timesteps
         self.set_execution(execution)
         self.eval()
 

@@ -14,7 +14,7 @@ import torch
 from typeguard import typechecked
 
 from espnet_imlspike.deploy.convert import IMLSpikeformerDeployEncoder, convert_encoder
-from espnet_imlspike.deploy.modules import DeployModule, deploy_factories
+from espnet_imlspike.deploy.modules import deploy_factories
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder
 from espnet_imlspike.streaming.deploy_attention import CausalFusedHDRepSSA
 from espnet_imlspike.streaming.encoder import ChunkwiseEncoding, IMLSpikeformerStreamingEncoder
@@ -48,13 +48,7 @@ class IMLSpikeformerStreamingDeployEncoder(ChunkwiseEncoding, IMLSpikeformerDepl
                 options.output_size, options.attention_heads, old.variant, old.decay,
                 neuron, old.linear_norm, left_context,
             )
-        for name, module in self.named_modules():
-            if isinstance(module, DeployModule):
-                module.layer_name = name
-                module.counter = self.counter
-                module.timesteps = options.timesteps
-        self.set_execution(execution)
-        self.eval()
+        self.wire_deploy_modules(execution)
 
     def count_chunk(self, input_frames: int, output_frames: int, batch: int) -> None:
         """The real-valued front's MACs for the input frames this chunk read (overlapping
