@@ -165,3 +165,16 @@ def test_stock_speech2text_refuses_mixed_training_and_deploy_forms(tiny_iml_asr,
         assert run_python(["-c", script]).returncode == 0
     assert yaml.safe_load((tmp_path / "deploy/config.yaml").read_text())["encoder"] == (
         "iml_spikeformer_deploy")
+
+
+def test_energy_measurement_skips_and_lists_too_short_utterances():
+    from espnet_imlspike.energy.measure import measure
+
+    encoder = IMLSpikeformerEncoder(12, **SMALL).eval()
+    utterances = [("long", torch.randn(40, 12)), ("short", torch.randn(5, 12)),
+                  ("also_long", torch.randn(30, 12))]
+    recorder, lengths, skipped = measure(encoder, encoder, utterances,
+                                         lambda m, x, n: m(x, n), progress=False)
+    assert skipped == ["short"]
+    assert [frames for frames, _ in lengths] == [40, 30]  # only the measured ones
+    assert all(layer.frames > 0 for layer in recorder.layers.values())
