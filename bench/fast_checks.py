@@ -84,7 +84,7 @@ def fused_vs_reference(device, dtype, size):
 
 
 def graphs_vs_eager(device, dtype, size):
-    from espnet_imlspike.fast.graphs import bucket_batch, bucket_frames
+    from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
 
     torch.manual_seed(0)
     options = dict(SIZES[size], dropout_rate=0.0, positional_dropout_rate=0.0)

@@ -21,7 +21,7 @@ from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import fast_mode
 from espnet_imlspike.fast import long_attention
 from espnet_imlspike.fast.firing import fire_linear
-from espnet_imlspike.fast.graphs import bucket_batch, bucket_frames
+from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
 from espnet_imlspike.neurons import InputAwareMultiLevelSpikeNeuron
 
 from helpers import REPO

@@ -9,8 +9,12 @@ T=6, IMLS, HD-RepSSA_S) unless a run names another. Runs, each a fresh process t
 * ``fp32_1gpu`` / ``fp32_2gpu``: ``--ngpu 1`` and ``--ngpu 2 --multiprocessing_distributed
   true`` (NCCL), the same global batch (ESPnet splits each mini-batch over the ranks);
   loss curves compared; each rank's IMLS statistics dumped after training and compared.
+  ``transformer``: the stock Transformer config the same way (what 2 GPUs cost ESPnet
+  itself); ``nographs``: the IML 2-GPU run with ``IMLSPIKE_CUDA_GRAPHS=0``.
 * ``bf16amp_1gpu``: ``--use_amp true`` as ESPnet 202511 does it on an H100 (bfloat16
-  autocast and a GradScaler); ``fp16amp_1gpu``: the same with float16 autocast.
+  autocast and a GradScaler); ``fp16amp_1gpu``: the same with float16 autocast; with
+  ``fp32_long``, an fp32 run of the same length to compare with (``--amp_iters``
+  iterations; the three run side by side, one or two per GPU: not timed).
 * ``resume``: 3 epochs uninterrupted, and the same run killed (SIGKILL) in the middle of
   epoch 2 then restarted with ``--resume true``; final statistics compared.
 * ``sdt_2gpu``, ``multistep_2gpu``: the Spike-driven Transformer baseline and the
@@ -30,6 +34,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +55,9 @@ def environment(out: Path, extra=None):
                PYTHONPATH=os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH"))
                                           if p),
                IMLSPIKE_RANK_DUMP=str(out / "ranks"))
+    # NVLink multicast stays off (the lent machines' rule), also for spawned ranks
+    env.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
+               NVSHMEM_DISABLE_NVLS="1")
     env.update(extra or {})
     return env
 
@@ -66,12 +74,25 @@ def command(config, data, tokens, out, iters, smoke, *, ngpu=1, amp=False, epoch
     return cmd
 
 
+VALID = re.compile(r"\[valid\] .*?\bloss_att=([-0-9.e+naif]+)")
+
+
 def parse(log: str):
     losses = [(int(e), int(end), float(v)) for e, _, end, v in LOSS.findall(log)]
     cached = [float(c) for c in CACHED.findall(log)]
+    marks, _ = stock.parse_log(log)  # (iteration, seconds since the epoch started)
+    timing = {}
+    if marks:
+        count, total = marks[-1]
+        half = [m for m in marks if m[0] <= count // 2]
+        base = half[-1] if half else (0, 0.0)
+        timing = {"step_s_mean": total / count,
+                  "step_s_second_half": (total - base[1]) / max(1, count - base[0])}
+    valid = [float(v) for v in VALID.findall(log)]
     return {"losses": losses, "gpu_max_cached_gib": max(cached) if cached else None,
             "skipped_steps": len(SKIPPED.findall(log)),
-            "nonfinite_losses": sum(not math.isfinite(v) for _, _, v in losses)}
+            "nonfinite_losses": sum(not math.isfinite(v) for _, _, v in losses),
+            "valid_loss_att": valid[-1] if valid else None, **timing}
 
 
 def run(name, cmd, env, out, timeout=540, kill_when=None, log_name="train.log"):
@@ -96,7 +117,8 @@ def run(name, cmd, env, out, timeout=540, kill_when=None, log_name="train.log"):
               "wall_s": time.perf_counter() - begin, **parse(text)}
     if code and not killed:
         result["error"] = text[-2500:]
-    print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("losses", "error")}),
+          flush=True)
     return result
 
 
@@ -125,7 +147,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--runs", nargs="+", default=["fp32", "amp", "resume", "baselines"])
+    parser.add_argument("--amp_iters", type=int, default=None,
+                        help="iterations of the AMP runs and their fp32 reference")
+    parser.add_argument("--runs", nargs="+", default=["fp32", "amp", "resume", "baselines"],
+                        help="fp32 transformer nographs amp resume baselines multistep")
+    parser.add_argument("--timeout", type=int, default=540, help="seconds per run")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, plumbing only")
     args = parser.parse_args(argv)
     iters = 4 if args.smoke else args.iters
@@ -138,10 +164,12 @@ def main(argv=None):
     def save():
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
 
-    def go(name, config=iml, extra_env=None, **kw):
+    def go(name, config=iml, extra_env=None, gpu=None, **kw):
         out = args.out / name
         env = environment(out, extra_env)
-        timeout = kw.pop("timeout", 540)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        timeout = kw.pop("timeout", args.timeout)
         kill_when = kw.pop("kill_when", None)
         log_name = "train_resumed.log" if kw.get("resume") else "train.log"
         results[name] = run(name, command(config, data, tokens, out, kw.pop("iters", iters),
@@ -162,17 +190,55 @@ def main(argv=None):
             "loss_1gpu": a[:n], "loss_2gpu": b[:n],
             "max_rel_loss_gap": max((abs(x - y) / abs(x) for x, y in zip(a, b)), default=None),
             "wall_s": [one["wall_s"], two["wall_s"]],
+            "step_s_mean": [one.get("step_s_mean"), two.get("step_s_mean")],
+            "step_s_second_half": [one.get("step_s_second_half"),
+                                   two.get("step_s_second_half")],
+            "valid_loss_att": [one["valid_loss_att"], two["valid_loss_att"]],
             "gpu_max_cached_gib": [one["gpu_max_cached_gib"], two["gpu_max_cached_gib"]],
         }
         save()
+    timing_keys = ("returncode", "step_s_mean", "step_s_second_half", "gpu_max_cached_gib",
+                   "valid_loss_att", "wall_s")
+    if "transformer" in args.runs:
+        transformer = CONF / "train_asr_transformer_30.35m.yaml"
+        for name, kw in (("transformer_1gpu", {}), ("transformer_2gpu", {"ngpu": 2})):
+            summary[name] = {k: go(name, config=transformer, **kw).get(k) for k in timing_keys}
+            save()
+    if "nographs" in args.runs:
+        r = go("nographs_2gpu", ngpu=2, extra_env={"IMLSPIKE_CUDA_GRAPHS": "0"})
+        summary["nographs_2gpu"] = {k: r.get(k) for k in timing_keys}
+        save()
+    if args.amp_iters and "amp" in args.runs:  # side by side, untimed
+        amp_iters = args.amp_iters
+        jobs = (("fp32amp_reference", {}, False, 0),
+                ("bf16amp_1gpu", {}, True, 0),
+                ("fp16amp_1gpu", {"IMLSPIKE_FORCE_FP16": "1"}, True, 1))
+        threads = [threading.Thread(target=go, args=(name,), kwargs=dict(
+            extra_env=extra, amp=amp, gpu=gpu, iters=amp_iters))
+            for name, extra, amp, gpu in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        summary["fp32amp_reference"] = {
+            k: results["fp32amp_reference"].get(k)
+            for k in ("returncode", "nonfinite_losses", "valid_loss_att")}
+        summary["fp32amp_reference"]["final_losses"] = [
+            v for _, _, v in results["fp32amp_reference"]["losses"][-3:]]
     if "amp" in args.runs:
-        for name, extra in (("bf16amp_1gpu", {}), ("fp16amp_1gpu", {"IMLSPIKE_FORCE_FP16": "1"})):
-            go(name, extra_env=extra, amp=True)
-        reference = results.get("fp32_1gpu", {}).get("ranks", {}).get("rank0")
+        if not args.amp_iters:
+            for name, extra in (("bf16amp_1gpu", {}),
+                                ("fp16amp_1gpu", {"IMLSPIKE_FORCE_FP16": "1"})):
+                go(name, extra_env=extra, amp=True)
+        fp32 = "fp32amp_reference" if args.amp_iters else "fp32_1gpu"
+        reference = results.get(fp32, {}).get("ranks", {}).get("rank0")
         for name in ("bf16amp_1gpu", "fp16amp_1gpu"):
+            if name not in results:
+                continue
             stats = results[name]["ranks"].get("rank0", {})
-            entry = {k: results[name][k] for k in ("nonfinite_losses", "skipped_steps",
-                                                   "gpu_max_cached_gib", "wall_s")}
+            entry = {k: results[name].get(k) for k in (
+                "returncode", "nonfinite_losses", "skipped_steps", "gpu_max_cached_gib",
+                "wall_s", "valid_loss_att")}
             entry["final_losses"] = [v for _, _, v in results[name]["losses"][-3:]]
             if reference is not None and stats:
                 entry["thresholds_max_rel_diff_vs_fp32"], entry["thresholds_finite"] = \
@@ -196,10 +262,12 @@ def main(argv=None):
                              "finite": finite,
                              "final_loss": [whole["losses"][-1:], resumed["losses"][-1:]]}
         save()
-    if "baselines" in args.runs:
+    baselines = [("sdt", "train_asr_spike_driven_transformer.yaml")] * ("baselines" in args.runs)
+    if "baselines" in args.runs or "multistep" in args.runs:
+        baselines.append(("multistep", "train_asr_iml_spikeformer_ablation_multistep.yaml"))
+    if baselines:
         entries = {}
-        for name, config in (("sdt", "train_asr_spike_driven_transformer.yaml"),
-                             ("multistep", "train_asr_iml_spikeformer_ablation_multistep.yaml")):
+        for name, config in baselines:
             for batch in ((16, 32) if name == "sdt" else (32,)):
                 r = go(f"{name}_2gpu_b{batch}", config=CONF / config, ngpu=2, batch=batch,
                        iters=10 if not args.smoke else 2)

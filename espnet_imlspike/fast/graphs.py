@@ -11,7 +11,7 @@ backward; no compiler is involved, so a bucket costs about one eager step to cap
   maxima skip padded frames, padded keys get weight 0) and extra utterances have length
   0, so the outputs of the real frames are those of the unpadded batch (up to the
   rounding of matrix products of another shape). Inputs longer than
-  :data:`MAX_FRAMES`, or more than :data:`MAX_GRAPHS` buckets, run eagerly.
+  :data:`~.buckets.MAX_FRAMES`, or more than :data:`MAX_GRAPHS` buckets, run eagerly.
 * The first call of a bucket warms up (one forward and backward whose statistics
   updates are undone, as ``torch.cuda.make_graphed_callables`` does), captures, then
   replays. All of it runs on one side stream of the encoder (see
@@ -19,6 +19,12 @@ backward; no compiler is involved, so a bucket costs about one eager step to cap
   every replay as in eager execution.
 * Gradients: the backward graph writes parameter gradients into one buffer shared by
   all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
+* Several GPUs (``torch.distributed`` with NCCL): each IMLS neuron all-reduces its
+  batch maximum, so every rank must issue the same collectives in the same order. The
+  collectives are captured into the graphs (NCCL supports it) and, in training, the
+  ranks agree on one bucket per step (one 3-element all-reduce and one host read), so
+  they capture, replay or run eagerly together; the warm-up before a capture fires
+  with rank-local maxima (its statistics are discarded), so it issues no collective.
 * Safety: a graph is used only while no other graph's backward is pending, and while
   every parameter, buffer and positional-encoding table is the tensor it captured
   (``model.to``, dtype changes and new parameters drop all graphs). Any capture error
@@ -32,23 +38,15 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
-MAX_FRAMES = 4096
+from espnet_imlspike.fast.buckets import (
+    agree_across_ranks,
+    bucket_batch,
+    bucket_frames,
+    in_process_group,
+)
+from espnet_imlspike.neurons import rank_local_maxima
+
 MAX_GRAPHS = 32
-
-
-def bucket_frames(frames: int) -> Optional[int]:
-    """Input frames rounded up: multiples of 128 to 1024, of 256 to 2048, of 512 to
-    :data:`MAX_FRAMES`; None above."""
-    for step, limit in ((128, 1024), (256, 2048), (512, MAX_FRAMES)):
-        if frames <= limit:
-            return -(-frames // step) * step
-    return None
-
-
-def bucket_batch(batch: int) -> Optional[int]:
-    """Batch size rounded up to the next of :data:`BATCH_BUCKETS` (None above)."""
-    return next((b for b in BATCH_BUCKETS if b >= batch), None)
 
 
 class _Watch:
@@ -198,9 +196,12 @@ class EncoderGraphs:
         return out
 
     def _run(self, module, core, xs, ilens, out_frames) -> torch.Tensor:
-        batch, frames = bucket_batch(xs.size(0)), bucket_frames(xs.size(1))
-        pending = self.pending is not None and self.pending() is not None
-        if batch is None or frames is None or pending:
+        batch, frames = xs.size(0), xs.size(1)
+        eager = self.pending is not None and self.pending() is not None
+        if module.training and in_process_group():  # the neurons all-reduce: agree
+            batch, frames, eager = agree_across_ranks(xs.device, batch, frames, eager)
+        batch, frames = bucket_batch(batch), bucket_frames(frames)
+        if batch is None or frames is None or eager:
             return core(xs, ilens)
         signature = self.watch.signature()
         if signature != self.signature:
@@ -275,10 +276,11 @@ class EncoderGraphs:
         ``torch.cuda.make_graphed_callables`` does before capturing (libraries finish
         their lazy set-up outside the capture); the statistics it moved are restored."""
         saved = [b.detach().clone() for b in module.buffers()]
-        with autocast:
-            out = core(entry.xs, entry.ilens)
-        if targets:
-            torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
+        with rank_local_maxima():
+            with autocast:
+                out = core(entry.xs, entry.ilens)
+            if targets:
+                torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
         del out
         with torch.no_grad():
             for buffer, value in zip(module.buffers(), saved):
