@@ -64,6 +64,29 @@ def stream(encoder, feats, chunk, device):
     return torch.cat(outputs, dim=1)
 
 
+def float64_check(causal, device, generator, args):
+    """Chunked vs whole causal outputs in float64 (no rounding-edge spike flips)."""
+    causal.train()
+    with torch.no_grad():
+        for _ in range(3):
+            feats = torch.randn(4, 600, 80, device=device, dtype=torch.float64,
+                                generator=generator)
+            causal(feats, torch.tensor([600, 550, 500, 450], device=device))
+    causal.eval()
+    frames = int(args.seconds * 100)
+    feats = torch.randn(1, frames, 80, device=device, dtype=torch.float64,
+                        generator=generator)
+    with torch.no_grad():
+        whole = causal(feats, torch.tensor([frames], device=device))[0]
+        diffs = {ms: float((stream(causal, feats, ms // 10, device) - whole).abs().max())
+                 for ms in CHUNKS_MS}
+    result = {"device": device_name(device), "dtype": "float64", "seconds": args.seconds,
+              "chunked_vs_whole_max_abs_diff": diffs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "streaming_float64_check.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +94,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--float64_check", action="store_true",
+                        help="only compare chunked and whole outputs, in float64")
     args = parser.parse_args(argv)
     from espnet_imlspike.streaming.deploy import convert_streaming_encoder
     from espnet_imlspike.streaming.encoder import IMLSpikeformerStreamingEncoder
@@ -80,6 +105,8 @@ def main(argv=None):
     torch.manual_seed(0)
     size = SIZES["aishell"]
     causal = IMLSpikeformerStreamingEncoder(80, **size, timesteps=6).to(device)
+    if args.float64_check:
+        return float64_check(causal.double(), device, generator, args)
     causal = calibrate(causal, device, generator)
     full = calibrate(build("iml_imls_t6", size).to(device), device, generator)
     transformer = build("transformer", size).to(device).eval()

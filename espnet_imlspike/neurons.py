@@ -21,6 +21,7 @@ binary spike trains without folding any scale into its weights (Eq. 9).
 
 import contextlib
 import logging
+import os
 from typing import Iterator, Optional
 
 import torch
@@ -124,6 +125,20 @@ class MultiLevelSpikeNeuron(SpikingNeuron):
         return multi_level_fire(x / self.threshold, self.timesteps)
 
 
+def all_reduce_max(tensor: torch.Tensor) -> None:
+    """In-place MAX all-reduce over the default process group.
+
+    Under NCCL the wait is ordered on the CUDA stream, never on the host: ESPnet sets
+    ``NCCL_BLOCKING_WAIT=1``, under which ``wait()`` blocks the host until the collective
+    has run, which a CUDA-graph capture (where nothing runs) cannot allow.
+    """
+    if os.environ.get("IMLSPIKE_NCCL_STREAM_WAIT", "1") == "1" and tensor.is_cuda and \
+            dist.get_backend() == "nccl":
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True).synchronize()
+    else:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
 class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
     """IMLS firing (Eq. 10-11): MLS with an input-aware channel-wise threshold.
 
@@ -197,7 +212,7 @@ class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
         peak = peak.to(torch.promote_types(peak.dtype, torch.float32))
         peak = torch.nan_to_num(peak, nan=float("inf"), posinf=float("inf"))
         if dist.is_available() and dist.is_initialized() and not _rank_local_maxima:
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            all_reduce_max(peak)
         return peak.clamp(min=self.eps)
 
     @torch.no_grad()

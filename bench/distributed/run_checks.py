@@ -202,7 +202,8 @@ def main(argv=None):
     if "transformer" in args.runs:
         transformer = CONF / "train_asr_transformer_30.35m.yaml"
         for name, kw in (("transformer_1gpu", {}), ("transformer_2gpu", {"ngpu": 2})):
-            summary[name] = {k: go(name, config=transformer, **kw).get(k) for k in timing_keys}
+            r = go(name, config=transformer, **kw)
+            summary[name] = {k: r.get(k) for k in timing_keys}
             save()
     if "nographs" in args.runs:
         r = go("nographs_2gpu", ngpu=2, extra_env={"IMLSPIKE_CUDA_GRAPHS": "0"})
