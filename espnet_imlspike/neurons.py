@@ -19,10 +19,9 @@ unpadded frames. Multi-level spikes are returned as integer spike counts in ``{0
 binary spike trains without folding any scale into its weights (Eq. 9).
 """
 
-import contextlib
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -31,23 +30,6 @@ from typeguard import typechecked
 from espnet_imlspike.errors import OptionError
 
 FIRING_TYPES = ("imls", "mls", "multistep")
-
-_rank_local_maxima = False
-
-
-@contextlib.contextmanager
-def rank_local_maxima() -> Iterator[None]:
-    """Inside, IMLS batch maxima are not all-reduced across ranks.
-
-    For passes whose statistics are thrown away (the CUDA-graph warm-up): their
-    collectives would otherwise pair with another rank's next step.
-    """
-    global _rank_local_maxima
-    previous, _rank_local_maxima = _rank_local_maxima, True
-    try:
-        yield
-    finally:
-        _rank_local_maxima = previous
 
 
 def check_timesteps(timesteps: int) -> None:
@@ -128,13 +110,14 @@ class MultiLevelSpikeNeuron(SpikingNeuron):
 def all_reduce_max(tensor: torch.Tensor) -> None:
     """In-place MAX all-reduce over the default process group.
 
-    Under NCCL the wait is ordered on the CUDA stream, never on the host: ESPnet sets
-    ``NCCL_BLOCKING_WAIT=1``, under which ``wait()`` blocks the host until the collective
-    has run, which a CUDA-graph capture (where nothing runs) cannot allow.
+    Under NCCL the wait is ordered on the CUDA stream, not on the host: ESPnet sets
+    ``NCCL_BLOCKING_WAIT=1``, under which ``wait()`` would stop the host at each of the
+    encoder's ~60 small all-reduces per forward until the GPU caught up.
+    ``IMLSPIKE_NCCL_STREAM_WAIT=0`` restores the host wait.
     """
     if os.environ.get("IMLSPIKE_NCCL_STREAM_WAIT", "1") == "1" and tensor.is_cuda and \
             dist.get_backend() == "nccl":
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True).synchronize()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True).block_current_stream()
     else:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
 
@@ -211,7 +194,7 @@ class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
         peak = x.reshape(-1, x.size(-1)).amax(dim=0)
         peak = peak.to(torch.promote_types(peak.dtype, torch.float32))
         peak = torch.nan_to_num(peak, nan=float("inf"), posinf=float("inf"))
-        if dist.is_available() and dist.is_initialized() and not _rank_local_maxima:
+        if dist.is_available() and dist.is_initialized():
             all_reduce_max(peak)
         return peak.clamp(min=self.eps)
 

@@ -34,7 +34,6 @@ from espnet_imlspike.encoders.state_forms import guard_state_dict_form
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import block as fast_block
 from espnet_imlspike.fast import graphs_enabled
-from espnet_imlspike.fast.buckets import in_process_group
 from espnet_imlspike.fast.graphs import EncoderGraphs
 
 
@@ -167,15 +166,15 @@ class SpikingTransformerEncoder(AbsEncoder):
 
     def _graphable(self, xs_pad: torch.Tensor, ilens: Optional[torch.Tensor]) -> bool:
         """The encoder may run as CUDA graphs: fast paths on, CUDA, every block on the
-        fast path, no intermediate CTC, no hooks, not compiling; under a process group
-        only with NCCL (whose collectives a graph can capture)."""
+        fast path, no intermediate CTC, no hooks, no process group (see fast.graphs),
+        not compiling."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or ilens is None:
             return False
         if self.interctc_layer_idx or not graphs_enabled(xs_pad):
             return False
         if self.input_layer == "embed" or getattr(self, "_is_replica", False):
             return False  # (DataParallel replicas are new modules at every call)
-        if in_process_group() and torch.distributed.get_backend() != "nccl":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
             return False
         return all(fast_block.supported(b) for b in self.encoders)  # graphs check hooks
 

@@ -19,12 +19,11 @@ backward; no compiler is involved, so a bucket costs about one eager step to cap
   every replay as in eager execution.
 * Gradients: the backward graph writes parameter gradients into one buffer shared by
   all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
-* Several GPUs (``torch.distributed`` with NCCL): each IMLS neuron all-reduces its
-  batch maximum, so every rank must issue the same collectives in the same order. The
-  collectives are captured into the graphs (NCCL supports it) and, in training, the
-  ranks agree on one bucket per step (one 3-element all-reduce and one host read), so
-  they capture, replay or run eagerly together; the warm-up before a capture fires
-  with rank-local maxima (its statistics are discarded), so it issues no collective.
+* Not under ``torch.distributed``: the IMLS all-reduces can be captured (NCCL allows
+  it; ``bench/distributed/graph_probe.py`` shows it without DDP), but the backward
+  capture fails inside DistributedDataParallel, which ESPnet always uses (measured
+  with torch 2.11 on 2 H200s), and a failed capture leaves the CUDA generator
+  unusable. So the encoder runs eagerly under a process group.
 * Safety: a graph is used only while no other graph's backward is pending, and while
   every parameter, buffer and positional-encoding table is the tensor it captured
   (``model.to``, dtype changes and new parameters drop all graphs). Any capture error
@@ -38,13 +37,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from espnet_imlspike.fast.buckets import (
-    agree_across_ranks,
-    bucket_batch,
-    bucket_frames,
-    in_process_group,
-)
-from espnet_imlspike.neurons import rank_local_maxima
+from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
 
 MAX_GRAPHS = 32
 
@@ -196,12 +189,9 @@ class EncoderGraphs:
         return out
 
     def _run(self, module, core, xs, ilens, out_frames) -> torch.Tensor:
-        batch, frames = xs.size(0), xs.size(1)
-        eager = self.pending is not None and self.pending() is not None
-        if module.training and in_process_group():  # the neurons all-reduce: agree
-            batch, frames, eager = agree_across_ranks(xs.device, batch, frames, eager)
-        batch, frames = bucket_batch(batch), bucket_frames(frames)
-        if batch is None or frames is None or eager:
+        batch, frames = bucket_batch(xs.size(0)), bucket_frames(xs.size(1))
+        pending = self.pending is not None and self.pending() is not None
+        if batch is None or frames is None or pending:
             return core(xs, ilens)
         signature = self.watch.signature()
         if signature != self.signature:
@@ -276,11 +266,10 @@ class EncoderGraphs:
         ``torch.cuda.make_graphed_callables`` does before capturing (libraries finish
         their lazy set-up outside the capture); the statistics it moved are restored."""
         saved = [b.detach().clone() for b in module.buffers()]
-        with rank_local_maxima():
-            with autocast:
-                out = core(entry.xs, entry.ilens)
-            if targets:
-                torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
+        with autocast:
+            out = core(entry.xs, entry.ilens)
+        if targets:
+            torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
         del out
         with torch.no_grad():
             for buffer, value in zip(module.buffers(), saved):
