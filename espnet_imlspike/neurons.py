@@ -113,13 +113,16 @@ def all_reduce_max(tensor: torch.Tensor) -> None:
     Under NCCL the wait is ordered on the CUDA stream, not on the host: ESPnet sets
     ``NCCL_BLOCKING_WAIT=1``, under which ``wait()`` would stop the host at each of the
     encoder's ~60 small all-reduces per forward until the GPU caught up.
-    ``IMLSPIKE_NCCL_STREAM_WAIT=0`` restores the host wait.
+    ``IMLSPIKE_NCCL_STREAM_WAIT=0`` (or a torch without ``Work.block_current_stream``)
+    keeps the host wait.
     """
-    if os.environ.get("IMLSPIKE_NCCL_STREAM_WAIT", "1") == "1" and tensor.is_cuda and \
-            dist.get_backend() == "nccl":
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True).block_current_stream()
+    work = dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True)
+    stream_wait = getattr(work, "block_current_stream", None)  # torch >= 2.8 or so
+    if (stream_wait is not None and tensor.is_cuda and dist.get_backend() == "nccl"
+            and os.environ.get("IMLSPIKE_NCCL_STREAM_WAIT", "1") == "1"):
+        stream_wait()
     else:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        work.wait()
 
 
 class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
