@@ -19,9 +19,10 @@ unpadded frames. Multi-level spikes are returned as integer spike counts in ``{0
 binary spike trains without folding any scale into its weights (Eq. 9).
 """
 
+import contextlib
 import logging
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,23 @@ from typeguard import typechecked
 from espnet_imlspike.errors import OptionError
 
 FIRING_TYPES = ("imls", "mls", "multistep")
+
+_rank_local_maxima = False
+
+
+@contextlib.contextmanager
+def rank_local_maxima() -> Iterator[None]:
+    """Inside, IMLS batch maxima are not all-reduced across ranks.
+
+    For passes whose statistics are thrown away (the CUDA-graph warm-up): their
+    collectives would otherwise pair with another rank's next step.
+    """
+    global _rank_local_maxima
+    previous, _rank_local_maxima = _rank_local_maxima, True
+    try:
+        yield
+    finally:
+        _rank_local_maxima = previous
 
 
 def check_timesteps(timesteps: int) -> None:
@@ -197,7 +215,7 @@ class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
         peak = x.reshape(-1, x.size(-1)).amax(dim=0)
         peak = peak.to(torch.promote_types(peak.dtype, torch.float32))
         peak = torch.nan_to_num(peak, nan=float("inf"), posinf=float("inf"))
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and not _rank_local_maxima:
             all_reduce_max(peak)
         return peak.clamp(min=self.eps)
 

@@ -39,3 +39,38 @@ def test_ranks_share_the_global_batch_maximum():
     x0 = torch.rand(2, 5, 4)
     assert torch.equal(spikes0, torch.floor((x0 / expected * 6).clamp(0, 6)))
 
+
+
+def _graph_sync_worker(rank, world_size, port, results):
+    from espnet_imlspike.fast.ranks import agree_across_ranks, graphs_allowed_in_process_group
+    from espnet_imlspike.neurons import rank_local_maxima
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), IMLSPIKE_DDP_GRAPHS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        neuron = InputAwareMultiLevelSpikeNeuron(3, 6).train()
+        x = torch.full((1, 2, 3), float(rank + 1))
+        with rank_local_maxima():  # the CUDA-graph warm-up: no collective, own maximum
+            local = neuron.batch_max(x, None)
+        shared = neuron.batch_max(x, None)
+        # rank 0 has a longer batch, rank 1 more utterances and a pending backward
+        agreed = agree_across_ranks(torch.device("cpu"), 4 + 2 * rank, 900 - 300 * rank,
+                                    eager=rank == 1)
+        # gloo cannot capture collectives into CUDA graphs, opted in or not
+        results[rank] = (local, shared, agreed, graphs_allowed_in_process_group())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_graph_warm_up_is_rank_local_and_ranks_agree_on_a_bucket():
+    manager = mp.Manager()
+    results = manager.dict()
+    port = 29500 + (os.getpid() + 7) % 1000
+    mp.spawn(_graph_sync_worker, args=(2, port, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        local, shared, agreed, allowed = results[rank]
+        assert torch.equal(local, torch.full((3,), float(rank + 1)))
+        assert torch.equal(shared, torch.full((3,), 2.0))
+        # every rank: the largest batch (6), the longest input (900), eager (rank 1's)
+        assert agreed == (6, 900, True)
+        assert allowed is False

@@ -291,3 +291,27 @@ def test_bench_scripts_smoke_on_cpu(tmp_path):
             [sys.executable, str(REPO / "bench" / script), "--smoke", "--out", str(tmp_path)],
             capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_parameter_aliases_share_storage_and_give_the_same_gradients():
+    from espnet_imlspike.fast.ranks import parameter_aliases
+
+    torch.manual_seed(0)
+    encoder = IMLSpikeformerEncoder(20, output_size=16, attention_heads=2, linear_units=32,
+                                    num_blocks=2, timesteps=4, dropout_rate=0.0,
+                                    positional_dropout_rate=0.0).double().eval()
+    encoder.embed.conv[0].weight.requires_grad_(False)  # frozen ones stay frozen
+    xs, ilens = torch.randn(2, 40, 20, dtype=torch.float64), torch.tensor([40, 31])
+    real = list(encoder.parameters())
+    out = encoder(xs, ilens)[0]
+    expected = torch.autograd.grad(out.square().sum(), [p for p in real if p.requires_grad])
+    with parameter_aliases(encoder) as aliases:
+        assert list(encoder.parameters()) == aliases
+        assert all(a is not p and a.data_ptr() == p.data_ptr()
+                   and a.requires_grad == p.requires_grad for a, p in zip(aliases, real))
+        aliased = encoder(xs, ilens)[0]
+        grads = torch.autograd.grad(aliased.square().sum(),
+                                    [a for a in aliases if a.requires_grad])
+    assert torch.equal(aliased, out)
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected))
+    assert all(a is p for a, p in zip(encoder.parameters(), real))  # originals back

@@ -8,8 +8,8 @@ and used, whether both ranks hold the same IMLS statistics, and the first error.
     python bench/distributed/graph_probe.py [--cases ...]
 
 A case is ``name:ENV=value,ENV=value`` (environment of both ranks). The encoder runs
-eagerly under a process group (``fast/graphs.py`` says why); the probe lifts that rule
-to try the capture.
+eagerly under a process group unless ``IMLSPIKE_DDP_GRAPHS=1`` (``fast/ranks.py``), which
+every case sets.
 """
 
 import argparse
@@ -27,18 +27,17 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DEFAULT_CASES = [
-    "ddp_blocking_streamwait:NCCL_BLOCKING_WAIT=1,DDP=1",
-    "plain_blocking_streamwait:NCCL_BLOCKING_WAIT=1,DDP=0",
-    "ddp_blocking_hostwait:NCCL_BLOCKING_WAIT=1,DDP=1,IMLSPIKE_NCCL_STREAM_WAIT=0",
-    "ddp_nonblocking_hostwait:NCCL_BLOCKING_WAIT=0,DDP=1,IMLSPIKE_NCCL_STREAM_WAIT=0",
-    "plain_blocking_hostwait:NCCL_BLOCKING_WAIT=1,DDP=0,IMLSPIKE_NCCL_STREAM_WAIT=0",
-    "ddp_blocking_relaxed:NCCL_BLOCKING_WAIT=1,DDP=1,IMLSPIKE_CAPTURE_MODE=relaxed,"
-    "IMLSPIKE_NCCL_STREAM_WAIT=0",
+    # ESPnet's settings (NCCL_BLOCKING_WAIT=1, DDP), then without DDP, then with the
+    # host wait of the all-reduce (IMLSPIKE_NCCL_STREAM_WAIT=0)
+    "ddp:NCCL_BLOCKING_WAIT=1,DDP=1",
+    "plain:NCCL_BLOCKING_WAIT=1,DDP=0",
+    "ddp_hostwait:NCCL_BLOCKING_WAIT=1,DDP=1,IMLSPIKE_NCCL_STREAM_WAIT=0",
 ]
 
 
 def worker(rank, port, env, results):
-    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      IMLSPIKE_DDP_GRAPHS="1")
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=2)
     outcome = {"graphs_used": False}
@@ -48,7 +47,6 @@ def worker(rank, port, env, results):
         torch.manual_seed(0)
         encoder = IMLSpikeformerEncoder(80, output_size=256, attention_heads=4,
                                         linear_units=1024, num_blocks=2, timesteps=6).cuda()
-        encoder._graphable = lambda *args: True  # what is being probed
         model = encoder
         if env.get("DDP") == "1":
             model = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=[rank])

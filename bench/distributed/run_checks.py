@@ -10,7 +10,9 @@ T=6, IMLS, HD-RepSSA_S) unless a run names another. Runs, each a fresh process t
   true`` (NCCL), the same global batch (ESPnet splits each mini-batch over the ranks);
   loss curves compared; each rank's IMLS statistics dumped after training and compared.
   ``transformer``: the stock Transformer config the same way (what 2 GPUs cost ESPnet
-  itself); ``nographs``: the IML 2-GPU run with ``IMLSPIKE_CUDA_GRAPHS=0``.
+  itself); ``nographs``: the IML 2-GPU run with ``IMLSPIKE_CUDA_GRAPHS=0``;
+  ``ddpgraphs``: the IML 2-GPU run with CUDA graphs under DDP (``IMLSPIKE_DDP_GRAPHS=1``),
+  its statistics and losses compared with ``fp32_1gpu``.
 * ``bf16amp_1gpu``: ``--use_amp true`` as ESPnet 202511 does it on an H100 (bfloat16
   autocast and a GradScaler); ``fp16amp_1gpu``: the same with float16 autocast; with
   ``fp32_long``, an fp32 run of the same length to compare with (``--amp_iters``
@@ -128,6 +130,12 @@ def rank_stats(folder: Path):
     return {p.stem: torch.load(p) for p in sorted(folder.glob("rank*.pt"))}
 
 
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 def compare_stats(a, b):
     """Largest relative difference of running_max between two statistic dicts, and
     whether every statistic is finite."""
@@ -150,7 +158,7 @@ def main(argv=None):
     parser.add_argument("--amp_iters", type=int, default=None,
                         help="iterations of the AMP runs and their fp32 reference")
     parser.add_argument("--runs", nargs="+", default=["fp32", "amp", "resume", "baselines"],
-                        help="fp32 transformer nographs amp resume baselines multistep")
+                        help="fp32 transformer nographs ddpgraphs amp resume baselines multistep")
     parser.add_argument("--timeout", type=int, default=540, help="seconds per run")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, plumbing only")
     args = parser.parse_args(argv)
@@ -205,6 +213,16 @@ def main(argv=None):
             r = go(name, config=transformer, **kw)
             summary[name] = {k: r.get(k) for k in timing_keys}
             save()
+    if "ddpgraphs" in args.runs:
+        r = go("ddpgraphs_2gpu", ngpu=2, extra_env={"IMLSPIKE_DDP_GRAPHS": "1"})
+        ranks = r["ranks"]
+        entry = {k: r.get(k) for k in timing_keys}
+        entry["rank_statistics_bitwise_equal"] = len(ranks) == 2 and all(
+            torch_equal(ranks["rank0"][k], ranks["rank1"][k]) for k in ranks["rank0"])
+        entry["graphs_turned_off"] = "CUDA graphs of the spiking encoder turned off" in (
+            args.out / "ddpgraphs_2gpu" / "train.log").read_text()
+        summary["ddpgraphs_2gpu"] = entry
+        save()
     if "nographs" in args.runs:
         r = go("nographs_2gpu", ngpu=2, extra_env={"IMLSPIKE_CUDA_GRAPHS": "0"})
         summary["nographs_2gpu"] = {k: r.get(k) for k in timing_keys}

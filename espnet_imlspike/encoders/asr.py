@@ -35,6 +35,7 @@ from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import block as fast_block
 from espnet_imlspike.fast import graphs_enabled
 from espnet_imlspike.fast.graphs import EncoderGraphs
+from espnet_imlspike.fast.ranks import graphs_allowed_in_process_group, in_process_group
 
 
 class SpikingTransformerEncoder(AbsEncoder):
@@ -166,15 +167,15 @@ class SpikingTransformerEncoder(AbsEncoder):
 
     def _graphable(self, xs_pad: torch.Tensor, ilens: Optional[torch.Tensor]) -> bool:
         """The encoder may run as CUDA graphs: fast paths on, CUDA, every block on the
-        fast path, no intermediate CTC, no hooks, no process group (see fast.graphs),
-        not compiling."""
+        fast path, no intermediate CTC, no hooks, not compiling, no process group unless
+        opted in (fast.ranks)."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or ilens is None:
             return False
         if self.interctc_layer_idx or not graphs_enabled(xs_pad):
             return False
         if self.input_layer == "embed" or getattr(self, "_is_replica", False):
             return False  # (DataParallel replicas are new modules at every call)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if in_process_group() and not graphs_allowed_in_process_group():
             return False
         return all(fast_block.supported(b) for b in self.encoders)  # graphs check hooks
 

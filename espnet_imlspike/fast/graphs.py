@@ -19,17 +19,15 @@ backward; no compiler is involved, so a bucket costs about one eager step to cap
   every replay as in eager execution.
 * Gradients: the backward graph writes parameter gradients into one buffer shared by
   all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
-* Not under ``torch.distributed``: the IMLS all-reduces can be captured (NCCL allows
-  it; ``bench/distributed/graph_probe.py`` shows it without DDP), but the backward
-  capture fails inside DistributedDataParallel, which ESPnet always uses (measured
-  with torch 2.11 on 2 H200s), and a failed capture leaves the CUDA generator
-  unusable. So the encoder runs eagerly under a process group.
+* Under ``torch.distributed`` only with ``IMLSPIKE_DDP_GRAPHS=1`` (:mod:`.ranks` says
+  why and what it changes): by default the encoder runs eagerly there.
 * Safety: a graph is used only while no other graph's backward is pending, and while
   every parameter, buffer and positional-encoding table is the tensor it captured
   (``model.to``, dtype changes and new parameters drop all graphs). Any capture error
   turns graphs off for the encoder, which then runs eagerly.
 """
 
+import contextlib
 import logging
 import os
 import weakref
@@ -38,6 +36,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
+from espnet_imlspike.fast.ranks import agree_across_ranks, in_process_group, parameter_aliases
+from espnet_imlspike.neurons import rank_local_maxima
 
 MAX_GRAPHS = 32
 
@@ -189,9 +189,12 @@ class EncoderGraphs:
         return out
 
     def _run(self, module, core, xs, ilens, out_frames) -> torch.Tensor:
-        batch, frames = bucket_batch(xs.size(0)), bucket_frames(xs.size(1))
-        pending = self.pending is not None and self.pending() is not None
-        if batch is None or frames is None or pending:
+        batch, frames = xs.size(0), xs.size(1)
+        eager = self.pending is not None and self.pending() is not None
+        if module.training and in_process_group():  # the neurons all-reduce: agree
+            batch, frames, eager = agree_across_ranks(xs.device, batch, frames, eager)
+        batch, frames = bucket_batch(batch), bucket_frames(frames)
+        if batch is None or frames is None or eager:
             return core(xs, ilens)
         signature = self.watch.signature()
         if signature != self.signature:
@@ -228,8 +231,17 @@ class EncoderGraphs:
         autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
                                   enabled=torch.is_autocast_enabled("cuda"),
                                   cache_enabled=False)
-        params = [p for p in module.parameters() if p.requires_grad] if backward else []
-        targets = params + ([entry.xs] if xs.requires_grad else [])
+        real = list(module.parameters())
+        trained = [i for i, p in enumerate(real) if p.requires_grad] if backward else []
+        # under a process group the capture differentiates storage-sharing aliases (.ranks)
+        with (parameter_aliases(module) if in_process_group()
+              else contextlib.nullcontext(real)) as leaves:
+            self._capture_graphs(module, core, xs, entry, autocast, backward,
+                                 [real[i] for i in trained], [leaves[i] for i in trained])
+        return entry
+
+    def _capture_graphs(self, module, core, xs, entry, autocast, backward, params, leaves):
+        targets = leaves + ([entry.xs] if xs.requires_grad else [])
         self._warm_up(module, core, entry, autocast, targets)
         out = self._captured(entry.forward_graph, lambda: core(entry.xs, entry.ilens),
                              autocast)
@@ -258,7 +270,6 @@ class EncoderGraphs:
             entry.grad_xs = holder.get("xs")
         del out
         torch.cuda.empty_cache()  # the warm-up's blocks, cached for the side stream only
-        return entry
 
     @staticmethod
     def _warm_up(module, core, entry, autocast, targets):
@@ -266,10 +277,11 @@ class EncoderGraphs:
         ``torch.cuda.make_graphed_callables`` does before capturing (libraries finish
         their lazy set-up outside the capture); the statistics it moved are restored."""
         saved = [b.detach().clone() for b in module.buffers()]
-        with autocast:
-            out = core(entry.xs, entry.ilens)
-        if targets:
-            torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
+        with rank_local_maxima():  # no collective: other ranks are not warming up
+            with autocast:
+                out = core(entry.xs, entry.ilens)
+            if targets:
+                torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
         del out
         with torch.no_grad():
             for buffer, value in zip(module.buffers(), saved):
