@@ -172,27 +172,26 @@ class EncoderGraphs:
         autograd nodes of the parameters never hold another stream (a capture whose
         backward would have to wait on another stream fails).
         """
-        if self.disabled:
-            return None
         if self.watch is None:
             self.watch = _Watch(module)
-        if self.watch.hooked():
+        refuse = self.disabled or self.watch.hooked()
+        batch, frames = xs.size(0), xs.size(1)
+        eager = refuse or (self.pending is not None and self.pending() is not None)
+        if module.training and in_process_group():  # the neurons all-reduce: agree
+            batch, frames, eager = agree_across_ranks(xs.device, batch, frames, eager)
+        if refuse:
             return None
         if self.stream is None:
             self.stream = torch.cuda.Stream(device=xs.device)
         current = torch.cuda.current_stream(xs.device)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
-            out = self._run(module, core, xs, ilens, out_frames)
+            out = self._run(module, core, xs, ilens, out_frames, batch, frames, eager)
         current.wait_stream(self.stream)
         out.record_stream(current)
         return out
 
-    def _run(self, module, core, xs, ilens, out_frames) -> torch.Tensor:
-        batch, frames = xs.size(0), xs.size(1)
-        eager = self.pending is not None and self.pending() is not None
-        if module.training and in_process_group():  # the neurons all-reduce: agree
-            batch, frames, eager = agree_across_ranks(xs.device, batch, frames, eager)
+    def _run(self, module, core, xs, ilens, out_frames, batch, frames, eager):
         batch, frames = bucket_batch(batch), bucket_frames(frames)
         if batch is None or frames is None or eager:
             return core(xs, ilens)
