@@ -13,6 +13,8 @@ Each fast path computes what the reference modules compute (``neurons.py``,
 * :mod:`.graphs`: on CUDA, the whole encoder forward and backward replayed as CUDA
   graphs, one per bucket of (batch, length) shapes (lengths rounded up, padding
   invariance makes the valid outputs unchanged): no kernel launch overhead, no compiler.
+  :mod:`.buckets` holds the bucket shapes; :mod:`.ranks` the opt-in use of the graphs
+  under ``torch.distributed`` (off by default, see there).
 
 Switch: the environment variable ``IMLSPIKE_FAST`` (``auto``, the default: on for CUDA
 tensors, off on the CPU; ``1``: on everywhere, as the tests use it; ``0``: off), or
