@@ -8,6 +8,7 @@ off, as before this work); ``@nographs`` keeps the fused modules but no CUDA gra
 
 import contextlib
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,19 @@ def peak_memory(device: torch.device):
         return float("nan"), float("nan")
     return (torch.cuda.max_memory_allocated(device) / 2**30,
             torch.cuda.max_memory_reserved(device) / 2**30)
+
+
+def median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:
+    """Median wall time of ``repeat`` calls of ``fn`` after ``warmup`` calls, each
+    synchronised with the device at both ends."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        with Clock(device) as clock:
+            fn()
+        times.append(clock.seconds)
+    return statistics.median(times)
 
 
 class Clock:

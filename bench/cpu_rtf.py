@@ -11,13 +11,11 @@ training-mode batches first; the deploy forms come from the stock converter
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from common import SIZES, build
+from common import SIZES, build, median_seconds
 
 
 def main(argv=None):
@@ -52,15 +50,11 @@ def main(argv=None):
         frames = int(seconds * 100)
         xs, lengths = torch.randn(1, frames, 80), torch.tensor([frames])
         for name, (model, mode) in forms.items():
-            times = []
             with torch.no_grad(), fast_mode(mode):
-                model(xs, lengths)
-                for _ in range(args.repeat):
-                    start = time.perf_counter()
-                    model(xs, lengths)
-                    times.append(time.perf_counter() - start)
-            row = {"form": name, "audio_s": seconds, "encoder_s": statistics.median(times),
-                   "rtf": statistics.median(times) / seconds}
+                encoder_s = median_seconds(lambda: model(xs, lengths), torch.device("cpu"),
+                                           1, args.repeat)
+            row = {"form": name, "audio_s": seconds, "encoder_s": encoder_s,
+                   "rtf": encoder_s / seconds}
             rows.append(row)
             print(json.dumps(row), flush=True)
     lines = [f"CPU: {args.threads} threads, torch {torch.__version__}; batch 1, fp32, eval",

@@ -11,26 +11,12 @@ of ``--repeat`` CUDA-event-timed calls after ``--warmup`` calls.
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from common import SIZES, build, device_name, path_for, synchronize
-
-
-def timed(fn, device, warmup, repeat):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import SIZES, build, device_name, median_seconds, path_for, synchronize
 
 
 def main(argv=None):
@@ -83,7 +69,7 @@ def main(argv=None):
                                                      enabled=dtype != torch.float32):
                     return forward(xs, lengths)
 
-            seconds = timed(call, device, args.warmup, args.repeat)
+            seconds = median_seconds(call, device, args.warmup, args.repeat)
         row = {"model": name, "dtype": args.dtype, "step_s": seconds, "compile_s": compile_s}
         rows.append(row)
         print(json.dumps(row), flush=True)

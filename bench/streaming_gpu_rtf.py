@@ -19,36 +19,24 @@ the matrix products round differently).
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from common import SIZES, build, device_name, synchronize
+from common import SIZES, build, device_name, median_seconds, synchronize
 
 CHUNKS_MS = (160, 320, 640, 1000)
 
 
 def calibrate(encoder, device, generator):
+    """Three training batches of random features (in the encoder's dtype), then eval."""
+    dtype = next(encoder.parameters()).dtype
     encoder.train()
     with torch.no_grad():
         for _ in range(3):
-            feats = torch.randn(4, 600, 80, device=device, generator=generator)
+            feats = torch.randn(4, 600, 80, device=device, dtype=dtype, generator=generator)
             encoder(feats, torch.tensor([600, 550, 500, 450], device=device))
     return encoder.eval()
-
-
-def timed(work, device, repeat):
-    work()  # warm-up (and CUDA-graph capture where a form uses them)
-    times = []
-    for _ in range(repeat):
-        synchronize(device)
-        begin = time.perf_counter()
-        work()
-        synchronize(device)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
 
 
 def stream(encoder, feats, chunk, device):
@@ -66,13 +54,7 @@ def stream(encoder, feats, chunk, device):
 
 def float64_check(causal, device, generator, args):
     """Chunked vs whole causal outputs in float64 (no rounding-edge spike flips)."""
-    causal.train()
-    with torch.no_grad():
-        for _ in range(3):
-            feats = torch.randn(4, 600, 80, device=device, dtype=torch.float64,
-                                generator=generator)
-            causal(feats, torch.tensor([600, 550, 500, 450], device=device))
-    causal.eval()
+    calibrate(causal, device, generator)
     frames = int(args.seconds * 100)
     feats = torch.randn(1, frames, 80, device=device, dtype=torch.float64,
                         generator=generator)
@@ -122,25 +104,26 @@ def main(argv=None):
 
     with torch.no_grad():
         add("ESPnet Transformer, whole utterance", None,
-            timed(lambda: transformer(feats, ilens), device, args.repeat))
+            median_seconds(lambda: transformer(feats, ilens), device, 1, args.repeat))
         add("IML-Spikeformer full attention, whole utterance", None,
-            timed(lambda: full(feats, ilens), device, args.repeat))
+            median_seconds(lambda: full(feats, ilens), device, 1, args.repeat))
         add("streaming (causal), whole utterance", None,
-            timed(lambda: causal(feats, ilens), device, args.repeat))
+            median_seconds(lambda: causal(feats, ilens), device, 1, args.repeat))
         whole = causal(feats, ilens)[0]
         checks = {}
         for chunk_ms in CHUNKS_MS:
             chunk = chunk_ms // 10
             count = -(-frames // chunk)
             add("streaming, chunk by chunk", chunk_ms,
-                timed(lambda: stream(causal, feats, chunk, device), device, args.repeat), count)
+                median_seconds(lambda: stream(causal, feats, chunk, device), device, 1,
+                               args.repeat), count)
             diff = (stream(causal, feats, chunk, device) - whole).abs()
             checks[chunk_ms] = {"max_abs_diff": float(diff.max()),
                                 "outputs_off_by_1e-4": float((diff > 1e-4).float().mean())}
         for execution in ("spike_train", "multi_level"):
             deploy = convert_streaming_encoder(causal, execution=execution).eval()
             add(f"streaming deploy form ({execution}), chunk by chunk", 320,
-                timed(lambda: stream(deploy, feats, 32, device), device, args.repeat),
+                median_seconds(lambda: stream(deploy, feats, 32, device), device, 1, args.repeat),
                 -(-frames // 32))
     result = {"device": device_name(device), "torch": torch.__version__,
               "seconds": args.seconds, "rows": rows,

@@ -46,7 +46,11 @@ stock = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(stock)
 
 CONF = REPO / "conf/asr/aishell"
-LOSS = re.compile(r"(\d+)epoch:train:(\d+)-(\d+)batch: .*?\bloss=([-0-9.e+naif]+)")
+# a number as ESPnet prints it (its log sometimes drops the comma after one: "41.1acc=")
+NUMBER = r"([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))"
+LOSS = re.compile(r"(\d+)epoch:train:(\d+)-(\d+)batch: .*?\bloss=" + NUMBER)
+# ESPnet logs ``loss`` times the world size under DDP; ``loss_att`` is comparable
+LOSS_ATT = re.compile(r"\d+epoch:train:\d+-\d+batch: .*?\bloss_att=" + NUMBER)
 CACHED = re.compile(r"gpu_max_cached_mem_GB=([-0-9.e+]+)")
 SKIPPED = re.compile(r"grad norm is (nan|inf)", re.IGNORECASE)
 
@@ -76,7 +80,7 @@ def command(config, data, tokens, out, iters, smoke, *, ngpu=1, amp=False, epoch
     return cmd
 
 
-VALID = re.compile(r"\[valid\] .*?\bloss_att=([-0-9.e+naif]+)")
+VALID = re.compile(r"\[valid\] .*?\bloss_att=" + NUMBER)
 
 
 def parse(log: str):
@@ -91,7 +95,8 @@ def parse(log: str):
         timing = {"step_s_mean": total / count,
                   "step_s_second_half": (total - base[1]) / max(1, count - base[0])}
     valid = [float(v) for v in VALID.findall(log)]
-    return {"losses": losses, "gpu_max_cached_gib": max(cached) if cached else None,
+    return {"losses": losses, "loss_att": [float(v) for v in LOSS_ATT.findall(log)],
+            "gpu_max_cached_gib": max(cached) if cached else None,
             "skipped_steps": len(SKIPPED.findall(log)),
             "nonfinite_losses": sum(not math.isfinite(v) for _, _, v in losses),
             "valid_loss_att": valid[-1] if valid else None, **timing}
@@ -119,7 +124,8 @@ def run(name, cmd, env, out, timeout=540, kill_when=None, log_name="train.log"):
               "wall_s": time.perf_counter() - begin, **parse(text)}
     if code and not killed:
         result["error"] = text[-2500:]
-    print(json.dumps({k: v for k, v in result.items() if k not in ("losses", "error")}),
+    print(json.dumps({k: v for k, v in result.items()
+                      if k not in ("losses", "loss_att", "error")}),
           flush=True)
     return result
 
@@ -130,10 +136,12 @@ def rank_stats(folder: Path):
     return {p.stem: torch.load(p) for p in sorted(folder.glob("rank*.pt"))}
 
 
-def torch_equal(a, b) -> bool:
+def ranks_equal(ranks) -> bool:
+    """Whether both ranks dumped statistics and every one is bitwise equal."""
     import torch
 
-    return bool(torch.equal(a, b))
+    return len(ranks) == 2 and all(torch.equal(ranks["rank0"][k], ranks["rank1"][k])
+                                   for k in ranks["rank0"])
 
 
 def compare_stats(a, b):
@@ -188,15 +196,14 @@ def main(argv=None):
 
     if "fp32" in args.runs:
         one, two = go("fp32_1gpu"), go("fp32_2gpu", ngpu=2)
-        a, b = [r for _, _, r in one["losses"]], [r for _, _, r in two["losses"]]
+        a, b = one["loss_att"], two["loss_att"]
         n = min(len(a), len(b))
         ranks = two["ranks"]
-        equal = (len(ranks) == 2 and all(
-            (ranks["rank0"][k] == ranks["rank1"][k]).all() for k in ranks["rank0"]))
+        equal = ranks_equal(ranks)
         summary["ddp"] = {
             "ranks_dumped": sorted(ranks), "rank_statistics_bitwise_equal": bool(equal),
-            "loss_1gpu": a[:n], "loss_2gpu": b[:n],
-            "max_rel_loss_gap": max((abs(x - y) / abs(x) for x, y in zip(a, b)), default=None),
+            "loss_att_1gpu": a[:n], "loss_att_2gpu": b[:n],
+            "max_rel_loss_att_gap": max((abs(x - y) / abs(x) for x, y in zip(a, b)), default=None),
             "wall_s": [one["wall_s"], two["wall_s"]],
             "step_s_mean": [one.get("step_s_mean"), two.get("step_s_mean")],
             "step_s_second_half": [one.get("step_s_second_half"),
@@ -215,10 +222,8 @@ def main(argv=None):
             save()
     if "ddpgraphs" in args.runs:
         r = go("ddpgraphs_2gpu", ngpu=2, extra_env={"IMLSPIKE_DDP_GRAPHS": "1"})
-        ranks = r["ranks"]
         entry = {k: r.get(k) for k in timing_keys}
-        entry["rank_statistics_bitwise_equal"] = len(ranks) == 2 and all(
-            torch_equal(ranks["rank0"][k], ranks["rank1"][k]) for k in ranks["rank0"])
+        entry["rank_statistics_bitwise_equal"] = ranks_equal(r["ranks"])
         entry["graphs_turned_off"] = "CUDA graphs of the spiking encoder turned off" in (
             args.out / "ddpgraphs_2gpu" / "train.log").read_text()
         summary["ddpgraphs_2gpu"] = entry
