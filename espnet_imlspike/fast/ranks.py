@@ -9,10 +9,10 @@ graph. Three things make graphs safe across ranks:
   capture, replay or run eagerly together (one 3-element all-reduce and a host read);
 * the warm-up before a capture fires with rank-local maxima
   (:func:`~espnet_imlspike.neurons.rank_local_maxima`), so it issues no collective;
-* :func:`parameter_aliases`: DistributedDataParallel keeps each parameter's
-  AccumulateGrad node, made on the stream it was built on; a backward capture that
-  reaches those nodes fails (measured on 2 H200s, "operation would make the legacy
-  stream depend on a capturing blocking stream"). The capture therefore runs against
+* :func:`parameter_aliases`: inside DistributedDataParallel the backward capture
+  failed (2 H200s: "operation would make the legacy stream depend on a capturing
+  blocking stream"). The likely cause: DDP keeps each parameter's AccumulateGrad node,
+  made on the default stream when DDP was built. The capture therefore runs against
   leaf aliases that share the parameters' storage, whose nodes are made on the capture
   stream; the replayed gradients are returned for the real parameters.
 
