@@ -3,7 +3,9 @@
 Model names: ``transformer`` (ESPnet's TransformerEncoder), ``iml_<firing>[_linear]_t<T>``
 (IML-Spikeformer; ``imls``/``multistep`` firing, ``_linear`` for HD-RepSSA_L),
 ``spike_driven_transformer_t6``. A suffix ``@ref`` runs the reference path (fast paths
-off, as before this work); ``@nographs`` keeps the fused modules but no CUDA graphs.
+off, as before this work); ``@nographs`` keeps the fused modules but no CUDA graphs;
+``@notriton`` keeps the fused modules and graphs with PyTorch operations in place of the
+Triton kernels of IMLS firing.
 """
 
 import contextlib
@@ -42,23 +44,27 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
     return IMLSpikeformerEncoder(input_size, **size, timesteps=int(steps), **options)
 
 
+SUFFIX_ENVIRONMENT = {"nographs": "IMLSPIKE_CUDA_GRAPHS", "notriton": "IMLSPIKE_TRITON"}
+
+
 @contextlib.contextmanager
 def path_for(name: str):
     """The fast-path switch a model name asks for (see the module docstring)."""
     from espnet_imlspike.fast import fast_mode
 
     suffix = name.split("@")[1] if "@" in name else ""
-    graphs = os.environ.get("IMLSPIKE_CUDA_GRAPHS")
-    if suffix == "nographs":
-        os.environ["IMLSPIKE_CUDA_GRAPHS"] = "0"
+    variable = SUFFIX_ENVIRONMENT.get(suffix)
+    previous = os.environ.get(variable) if variable else None
+    if variable:
+        os.environ[variable] = "0"
     try:
         with fast_mode("0" if suffix == "ref" else "auto"):
             yield
     finally:
-        if graphs is None:
-            os.environ.pop("IMLSPIKE_CUDA_GRAPHS", None)
-        else:
-            os.environ["IMLSPIKE_CUDA_GRAPHS"] = graphs
+        if variable and previous is None:
+            os.environ.pop(variable, None)
+        elif variable:
+            os.environ[variable] = previous
 
 
 def device_name(device: torch.device) -> str:

@@ -5,7 +5,7 @@
 #
 #   bash bench/device_run.sh checks stock_bf16 replay long deploy
 #
-# tasks: probe checks profile replay stock_bf16 stock_fp32 long infer fixed deploy
+# tasks: probe checks profile replay stock_bf16 stock_fp32 long infer fixed deploy kernels
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -64,6 +64,14 @@ for t in "$@"; do
         --compile transformer iml_imls_t6 ;;
     fixed) task fixed 120 python3 bench/train_speed.py --out $RES/fixed \
         --models transformer iml_imls_t6@ref iml_imls_t6 iml_multistep_t6 ;;
+    kernels)  # the Triton kernels of IMLS firing against the same path without them
+        task kernels_profile 150 python3 bench/profile_step.py --out $RES/kernels --top 30 \
+            --models transformer iml_imls_t6@notriton iml_imls_t6
+        grep -h "^##" $RES/kernels/*.txt
+        task kernels_infer 150 python3 bench/inference_speed.py --out $RES/kernels \
+            --models transformer iml_imls_t6@notriton iml_imls_t6
+        task kernels_fixed 150 python3 bench/train_speed.py --out $RES/kernels \
+            --models transformer iml_imls_t6@notriton iml_imls_t6 ;;
     deploy)
         task deploy_spike_train 120 python3 bench/deploy_divergence.py --device cuda \
             --blocks 6 --size 256 --timesteps 6

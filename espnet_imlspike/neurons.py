@@ -50,6 +50,11 @@ def rank_local_maxima() -> Iterator[None]:
         _rank_local_maxima = previous
 
 
+def reduces_across_ranks() -> bool:
+    """Whether IMLS batch maxima are all-reduced now (a process group, not warm-up)."""
+    return dist.is_available() and dist.is_initialized() and not _rank_local_maxima
+
+
 def check_timesteps(timesteps: int) -> None:
     if timesteps < 1:
         raise OptionError(f"timesteps must be >= 1, got {timesteps}")
@@ -215,7 +220,7 @@ class InputAwareMultiLevelSpikeNeuron(SpikingNeuron):
         peak = x.reshape(-1, x.size(-1)).amax(dim=0)
         peak = peak.to(torch.promote_types(peak.dtype, torch.float32))
         peak = torch.nan_to_num(peak, nan=float("inf"), posinf=float("inf"))
-        if dist.is_available() and dist.is_initialized() and not _rank_local_maxima:
+        if reduces_across_ranks():
             all_reduce_max(peak)
         return peak.clamp(min=self.eps)
 

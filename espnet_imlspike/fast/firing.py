@@ -17,6 +17,11 @@ STE mask as ``bool`` (2 bytes):
 
 The threshold statistic is updated by the neuron module's own methods (Eq. 11), so the
 buffers evolve exactly as on the reference path.
+
+On CUDA the element-wise work of each neuron (channel maximum, statistic update, firing,
+backward mask) runs as Triton kernels (:mod:`.kernels`, same arithmetic, one byte per
+element kept for backward instead of two); elsewhere, and where a kernel does not apply,
+the PyTorch operations below.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -24,7 +29,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from espnet_imlspike.neurons import InputAwareMultiLevelSpikeNeuron
+from espnet_imlspike.fast import kernels
+from espnet_imlspike.neurons import (
+    InputAwareMultiLevelSpikeNeuron,
+    all_reduce_max,
+    reduces_across_ranks,
+)
 
 
 def imls_threshold(
@@ -32,11 +42,33 @@ def imls_threshold(
 ) -> torch.Tensor:
     """Lambda (C,): the batch maximum over valid frames in training (Eq. 10, running
     statistic updated as Eq. 11), the running average in evaluation."""
-    if neuron.training:
+    if not neuron.training:
+        return neuron.eval_threshold()
+    if not kernels.available(x, neuron.timesteps):
         peak = neuron.batch_max(x, valid)
         neuron.update_statistics(peak)
         return peak
-    return neuron.eval_threshold()
+    partials = kernels.partial_max(x, valid)
+    if reduces_across_ranks():  # the global maximum first, then the module's update
+        peak = kernels.finish_threshold(partials, neuron.eps, None, None)
+        all_reduce_max(peak)
+        neuron.update_statistics(peak)
+        return peak
+    if neuron.running_max.dtype != torch.float32:
+        peak = kernels.finish_threshold(partials, neuron.eps, None, None)
+        neuron.update_statistics(peak)
+        return peak
+    return kernels.finish_threshold(partials, neuron.eps, neuron.running_max,
+                                    neuron.num_batches_tracked, neuron.momentum)
+
+
+def spike_dtype(x: torch.Tensor, feeds_linears: bool) -> torch.dtype:
+    """Spikes feeding linear layers under autocast are written in the autocast dtype
+    (spike counts are small integers, exact there): the cast the layer would make."""
+    device = x.device.type
+    if feeds_linears and x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def fire_with_mask(
@@ -64,63 +96,100 @@ class _FireLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, peak, timesteps, count, *params):
-        spikes, inside = fire_with_mask(x, peak, timesteps)
+        fused = kernels.available(x, timesteps)
+        if fused:
+            spikes, code = kernels.fire(x, peak, timesteps, spike_dtype(x, count > 0),
+                                        with_code=True)
+        else:
+            spikes, inside = fire_with_mask(x, peak, timesteps)
         weights, biases = params[:count], params[count:]
         outputs = [F.linear(spikes, w, b) for w, b in zip(weights, biases)]
-        ctx.timesteps, ctx.count, ctx.x_dtype = timesteps, count, x.dtype
+        ctx.timesteps, ctx.count, ctx.x_dtype, ctx.fused = timesteps, count, x.dtype, fused
         ctx.has_bias = [b is not None for b in biases]
         ctx.out_dtype = outputs[0].dtype if outputs else x.dtype
-        counts = pack(spikes, inside, timesteps)[0] if count else None
-        ctx.save_for_backward(inside, peak, counts, *weights)
+        if fused:
+            ctx.save_for_backward(code, peak, *weights)
+        else:
+            counts = pack(spikes, inside, timesteps)[0] if count else None
+            ctx.save_for_backward(inside, peak, counts, *weights)
         return tuple(outputs) if outputs else spikes
 
     @staticmethod
     def backward(ctx, *grads):
-        inside, peak, counts, *weights = ctx.saved_tensors
-        dtype = ctx.out_dtype
+        if ctx.fused:
+            code, peak, *weights = ctx.saved_tensors
+        else:
+            inside, peak, counts, *weights = ctx.saved_tensors
+        dtype, count = ctx.out_dtype, ctx.count
+        want_x = ctx.needs_input_grad[0]
+        grad_weights, grad_biases = [], []
         with torch.autocast(peak.device.type, enabled=False):
-            if ctx.count == 0:
-                grad_spikes = grads[0]
-                grad_weights, grad_biases = [], []
+            grad_spikes = grads[0] if count == 0 else _grad_spikes(weights, grads, dtype)
+            spikes = None
+            if ctx.fused:
+                grad_x = None
+                if grad_spikes is not None and want_x:
+                    grad_x, spikes = kernels.fire_backward(
+                        grad_spikes, code, peak, ctx.timesteps, ctx.x_dtype,
+                        dtype if count else None)
+                elif count:
+                    spikes = (code & (kernels.INSIDE_BIT - 1)).to(dtype)
             else:
-                grad_spikes, grad_weights, grad_biases = _linear_grads(
-                    counts.to(dtype), peak, weights, grads, dtype, ctx.has_bias,
+                grad_x = None
+                if grad_spikes is not None and want_x:
+                    grad_x = _input_grad(grad_spikes.to(ctx.x_dtype), inside, peak,
+                                         ctx.timesteps, ctx.x_dtype)
+                if count:
+                    spikes = counts.to(dtype)
+            if count:
+                grad_weights, grad_biases = _weight_grads(
+                    spikes, peak, weights, grads, dtype, ctx.has_bias,
                     ctx.needs_input_grad[4:])
-                grad_spikes = None if grad_spikes is None else grad_spikes.to(ctx.x_dtype)
-            grad_x = None
-            if grad_spikes is not None and ctx.needs_input_grad[0]:
-                zero = torch.zeros((), dtype=grad_spikes.dtype, device=grad_spikes.device)
-                grad_x = torch.where(inside, grad_spikes, zero)
-                grad_x = grad_x * ctx.timesteps / peak.to(ctx.x_dtype)
         return (grad_x, None, None, None, *grad_weights, *grad_biases)
 
 
-def _linear_grads(spikes, peak, weights, grads, dtype, has_bias, needs):
-    """Gradients of ``F.linear(s, W_i, b_i)`` for every layer, as autograd forms them
-    (``g W`` summed over the layers, ``g^T s``, ``sum_rows g``) in the layers' compute
-    dtype. A batch whose threshold statistic is not finite (a NaN or inf input; its
-    spikes held NaN, which the byte counts cannot) gets NaN weight gradients, as on the
-    reference path, so ESPnet's trainer skips its update the same way."""
+def _input_grad(grad_spikes, inside, peak, timesteps, x_dtype):
+    """Eq. 8 through the division by Lambda: ``[0 <= u <= T] dL/ds * T / Lambda``."""
+    zero = torch.zeros((), dtype=grad_spikes.dtype, device=grad_spikes.device)
+    return torch.where(inside, grad_spikes, zero) * timesteps / peak.to(x_dtype)
+
+
+def _grad_spikes(weights, grads, dtype):
+    """``dL/ds = sum_i g_i W_i`` (accumulated in place, no concatenation), in the
+    layers' compute dtype; None if no layer output got a gradient."""
+    grad_spikes = None
+    for weight, grad in zip(weights, grads):
+        if grad is None:
+            continue
+        flat = grad.reshape(-1, grad.size(-1)).to(dtype)
+        weight = weight.to(dtype)
+        grad_spikes = (flat.mm(weight) if grad_spikes is None
+                       else grad_spikes.addmm_(flat, weight))
+    if grad_spikes is not None:
+        shape = next(g for g in grads if g is not None).shape[:-1] + (weights[0].size(1),)
+        grad_spikes = grad_spikes.view(shape)
+    return grad_spikes
+
+
+def _weight_grads(spikes, peak, weights, grads, dtype, has_bias, needs):
+    """``dL/dW_i = g_i^T s`` and ``dL/db_i = sum_rows g_i`` as autograd forms them, in the
+    layers' compute dtype. A batch whose threshold statistic is not finite (a NaN or inf
+    input; its spikes held NaN, which the byte counts cannot) gets NaN weight gradients,
+    as on the reference path, so ESPnet's trainer skips its update the same way."""
     count = len(weights)
     rows = spikes.reshape(-1, spikes.size(-1))
-    used = [i for i, g in enumerate(grads) if g is not None]
-    flat = {i: grads[i].reshape(-1, grads[i].size(-1)).to(dtype) for i in used}
-    grad_spikes = None
-    for i in used:
-        weight = weights[i].to(dtype)
-        grad_spikes = (flat[i].mm(weight) if grad_spikes is None
-                       else grad_spikes.addmm_(flat[i], weight))
-    if grad_spikes is not None:
-        grad_spikes = grad_spikes.view(spikes.shape)
     poison = torch.where(torch.isfinite(peak).all(), 1.0, float("nan"))
     grad_weights: List[Optional[torch.Tensor]] = [None] * count
     grad_biases: List[Optional[torch.Tensor]] = [None] * count
-    for i in used:
+    for i, grad in enumerate(grads):
+        if grad is None:
+            continue
+        flat = grad.reshape(-1, grad.size(-1)).to(dtype)
         if needs[i]:
-            grad_weights[i] = (flat[i].t().mm(rows) * poison.to(dtype)).to(weights[i].dtype)
+            grad_weights[i] = (flat.t().mm(rows) * poison.to(dtype)).to(weights[i].dtype)
         if has_bias[i] and needs[count + i]:
-            grad_biases[i] = flat[i].sum(0).to(weights[i].dtype)
-    return grad_spikes, grad_weights, grad_biases
+            grad_biases[i] = flat.sum(0).to(weights[i].dtype)
+    return grad_weights, grad_biases
 
 
 def fire_linear(
@@ -134,7 +203,10 @@ def fire_linear(
     own forward."""
     peak = imls_threshold(neuron, x, valid)
     if not torch.is_grad_enabled():  # inference: nothing to save
-        spikes, _ = fire_with_mask(x, peak, neuron.timesteps)
+        if kernels.available(x, neuron.timesteps):
+            spikes, _ = kernels.fire(x, peak, neuron.timesteps, spike_dtype(x, bool(linears)))
+        else:
+            spikes, _ = fire_with_mask(x, peak, neuron.timesteps)
         return tuple(layer(spikes) for layer in linears) if linears else spikes
     weights = [layer.weight for layer in linears]
     biases = [layer.bias for layer in linears]
