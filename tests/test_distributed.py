@@ -45,7 +45,8 @@ def _graph_sync_worker(rank, world_size, port, results):
     from espnet_imlspike.fast.ranks import agree_across_ranks, graphs_allowed_in_process_group
     from espnet_imlspike.neurons import rank_local_maxima
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), IMLSPIKE_DDP_GRAPHS="1")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.pop("IMLSPIKE_DDP_GRAPHS", None)  # the default
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         neuron = InputAwareMultiLevelSpikeNeuron(3, 6).train()
@@ -56,7 +57,7 @@ def _graph_sync_worker(rank, world_size, port, results):
         # rank 0 has a longer batch, rank 1 more utterances and a pending backward
         agreed = agree_across_ranks(torch.device("cpu"), 4 + 2 * rank, 900 - 300 * rank,
                                     eager=rank == 1)
-        # gloo cannot capture collectives into CUDA graphs, opted in or not
+        # gloo cannot capture collectives into CUDA graphs: eager under it
         results[rank] = (local, shared, agreed, graphs_allowed_in_process_group())
     finally:
         dist.destroy_process_group()
@@ -74,3 +75,13 @@ def test_graph_warm_up_is_rank_local_and_ranks_agree_on_a_bucket():
         # every rank: the largest batch (6), the longest input (900), eager (rank 1's)
         assert agreed == (6, 900, True)
         assert allowed is False
+
+
+def test_graphs_under_nccl_are_on_by_default_and_can_be_turned_off(monkeypatch):
+    from espnet_imlspike.fast import ranks
+
+    monkeypatch.setattr(ranks.dist, "get_backend", lambda: "nccl")
+    monkeypatch.delenv("IMLSPIKE_DDP_GRAPHS", raising=False)
+    assert ranks.graphs_allowed_in_process_group()
+    monkeypatch.setenv("IMLSPIKE_DDP_GRAPHS", "0")
+    assert not ranks.graphs_allowed_in_process_group()

@@ -167,8 +167,8 @@ class SpikingTransformerEncoder(AbsEncoder):
 
     def _graphable(self, xs_pad: torch.Tensor, ilens: Optional[torch.Tensor]) -> bool:
         """The encoder may run as CUDA graphs: fast paths on, CUDA, every block on the
-        fast path, no intermediate CTC, no hooks, not compiling, no process group unless
-        opted in (fast.ranks)."""
+        fast path, no intermediate CTC, no hooks, not compiling, under a process
+        group only with NCCL (fast.ranks)."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing() or ilens is None:
             return False
         if self.interctc_layer_idx or not graphs_enabled(xs_pad):

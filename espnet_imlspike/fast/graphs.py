@@ -19,8 +19,8 @@ backward; no compiler is involved, so a bucket costs about one eager step to cap
   every replay as in eager execution.
 * Gradients: the backward graph writes parameter gradients into one buffer shared by
   all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
-* Under ``torch.distributed`` only with ``IMLSPIKE_DDP_GRAPHS=1`` (:mod:`.ranks` says
-  why and what it changes): by default the encoder runs eagerly there.
+* Under ``torch.distributed`` with NCCL (:mod:`.ranks` says what it changes;
+  ``IMLSPIKE_DDP_GRAPHS=0`` runs the encoder eagerly there); other backends run eagerly.
 * Safety: a graph is used only while no other graph's backward is pending, and while
   every parameter, buffer and positional-encoding table is the tensor it captured
   (``model.to``, dtype changes and new parameters drop all graphs). Any capture error
