@@ -6,6 +6,7 @@
 #   bash bench/device_run.sh checks stock_bf16 replay long deploy
 #
 # tasks: probe checks profile replay stock_bf16 stock_fp32 long infer fixed deploy kernels
+#        stock_kernels
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -44,6 +45,13 @@ for t in "$@"; do
         for d in /tmp/st/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
             > $RES/stock_bf16/$(basename $d).log; cp $d/memory.json \
             $RES/stock_bf16/$(basename $d).memory.json 2>/dev/null; done ;;
+    stock_kernels)  # stock asr_train, bf16: the default (Triton kernels) beside the rest
+        task stock_kernels 330 python3 bench/stock_train.py --out /tmp/stk --precision bf16 \
+            --models transformer iml_imls_t6 iml_imls_t6@notriton iml_imls_t6@nographs \
+            iml_multistep_t6:100 no_encoder_blocks
+        mkdir -p $RES/stock_kernels && cp /tmp/stk/stock_train.* $RES/stock_kernels/ 2>/dev/null
+        for d in /tmp/stk/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
+            > $RES/stock_kernels/$(basename $d).log; done ;;
     stock_fp32) task stock_fp32 170 python3 bench/stock_train.py --out /tmp/st32 \
         --precision fp32 --models transformer iml_imls_t6 no_encoder_blocks
         mkdir -p $RES/stock_fp32 && cp /tmp/st32/stock_train.* $RES/stock_fp32/ 2>/dev/null ;;
@@ -72,6 +80,11 @@ for t in "$@"; do
             --models transformer iml_imls_t6@notriton iml_imls_t6
         task kernels_fixed 150 python3 bench/train_speed.py --out $RES/kernels \
             --models transformer iml_imls_t6@notriton iml_imls_t6 ;;
+    infer_fixed)  # inference with compilation, and the fixed-shape step with multi-step T=6
+        task infer_fixed_infer 150 python3 bench/inference_speed.py --out $RES/infer_fixed \
+            --models transformer iml_imls_t6 --compile transformer iml_imls_t6
+        task infer_fixed_fixed 120 python3 bench/train_speed.py --out $RES/infer_fixed \
+            --models transformer iml_imls_t6 iml_multistep_t6 ;;
     deploy)
         task deploy_spike_train 120 python3 bench/deploy_divergence.py --device cuda \
             --blocks 6 --size 256 --timesteps 6

@@ -69,7 +69,7 @@ class _ChunkedSoftmax(torch.autograd.Function):
         ctx.autocast = (torch.is_autocast_enabled(q.device.type),
                         torch.get_autocast_dtype(q.device.type))
         ctx.save_for_backward(q, k, v, valid)
-        return torch.cat(out, dim=2)
+        return _concat(out)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -95,8 +95,13 @@ class _ChunkedSoftmax(torch.autograd.Function):
                     grad_s = grad_s * decay_rows(rows, cols, ctx.decay, grad_s.dtype)
                 grad_q.append(torch.matmul(grad_s, k).to(q.dtype))
                 grad_k = _add(grad_k, torch.matmul(grad_s.transpose(-2, -1), q_c))
-        return (torch.cat(grad_q, dim=2), grad_k.to(k.dtype), grad_v.to(v.dtype),
+        return (_concat(grad_q), grad_k.to(k.dtype), grad_v.to(v.dtype),
                 None, None, None, None)
+
+
+def _concat(chunks):
+    """The chunks joined along the length (one chunk, the usual case: no copy)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
 
 
 def _add(total, part: torch.Tensor) -> torch.Tensor:
