@@ -63,10 +63,12 @@ def available(x: torch.Tensor, timesteps: int) -> bool:
 
 if triton is not None:
 
-    @triton.jit
-    def _partial_max_kernel(x_ptr, valid_ptr, out_ptr, rows, channels, rows_per_program,
-                            HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr,
-                            BLOCK_C: tl.constexpr):
+    # Channel counts are compile-time constants (a model has two or three), row and
+    # element counts are not specialised: new batch shapes never trigger a compilation.
+    @triton.jit(do_not_specialize=["rows", "rows_per_program"])
+    def _partial_max_kernel(x_ptr, valid_ptr, out_ptr, rows, rows_per_program,
+                            channels: tl.constexpr, HAS_VALID: tl.constexpr,
+                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         col_ok = cols < channels
         best = tl.full([BLOCK_C], float("-inf"), tl.float32)
@@ -83,11 +85,11 @@ if triton is not None:
             best = tl.maximum(best, tl.max(x, axis=0))
         tl.store(out_ptr + tl.program_id(0) * channels + cols, best, mask=col_ok)
 
-    @triton.jit
-    def _finish_threshold_kernel(part_ptr, groups, channels, eps, peak_ptr, running_ptr,
+    @triton.jit(do_not_specialize=["groups"])
+    def _finish_threshold_kernel(part_ptr, groups, eps, peak_ptr, running_ptr,
                                  tracked_ptr, momentum, one_minus_momentum,
-                                 UPDATE: tl.constexpr, SMALL_WEIGHT: tl.constexpr,
-                                 BLOCK_C: tl.constexpr):
+                                 channels: tl.constexpr, UPDATE: tl.constexpr,
+                                 SMALL_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr):
         bad = tl.zeros([BLOCK_C], tl.int32)
         for start in range(0, channels, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C)
@@ -119,9 +121,9 @@ if triton is not None:
                 tl.store(running_ptr + cols, tl.where(usable, new, old), mask=ok)
             tl.store(tracked_ptr, tracked + usable.to(tl.int64))
 
-    @triton.jit
-    def _fire_kernel(x_ptr, peak_ptr, spikes_ptr, code_ptr, numel, channels, timesteps,
-                     WITH_CODE: tl.constexpr, BLOCK: tl.constexpr):
+    @triton.jit(do_not_specialize=["numel"])
+    def _fire_kernel(x_ptr, peak_ptr, spikes_ptr, code_ptr, numel, timesteps,
+                     channels: tl.constexpr, WITH_CODE: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = offsets < numel
         x = tl.load(x_ptr + offsets, mask=ok, other=0.0)
@@ -139,9 +141,9 @@ if triton is not None:
             code = count | tl.where(inside, 128, 0).to(tl.uint8)
             tl.store(code_ptr + offsets, code, mask=ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["numel"])
     def _fire_backward_kernel(grad_ptr, code_ptr, peak_ptr, grad_x_ptr, counts_ptr, numel,
-                              channels, timesteps, WITH_COUNTS: tl.constexpr,
+                              timesteps, channels: tl.constexpr, WITH_COUNTS: tl.constexpr,
                               BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = offsets < numel
@@ -178,7 +180,7 @@ def partial_max(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
     flags = (valid.reshape(-1).contiguous().view(torch.uint8) if valid is not None
              else rows)  # any pointer: not read without HAS_VALID
     _partial_max_kernel[(groups, column_blocks)](
-        rows, flags, out, count, channels, per_program,
+        rows, flags, out, count, per_program, channels=channels,
         HAS_VALID=valid is not None, BLOCK_R=_ROW_BLOCK, BLOCK_C=block_c)
     return out
 
@@ -194,9 +196,9 @@ def finish_threshold(partials: torch.Tensor, eps: float, running_max: Optional[t
     update = running_max is not None
     one_minus = float(np.float32(1.0) - np.float32(momentum))  # (1 - w) in float, as lerp
     _finish_threshold_kernel[(1,)](
-        partials, groups, channels, eps, peak,
+        partials, groups, eps, peak,
         running_max if update else peak, num_batches_tracked if update else peak,
-        momentum, one_minus, UPDATE=update, SMALL_WEIGHT=abs(momentum) < 0.5,
+        momentum, one_minus, channels=channels, UPDATE=update, SMALL_WEIGHT=abs(momentum) < 0.5,
         BLOCK_C=min(1024, triton.next_power_of_2(channels)))
     return peak
 
@@ -211,8 +213,8 @@ def fire(x: torch.Tensor, peak: torch.Tensor, timesteps: int,
     code = torch.empty(source.shape, dtype=torch.uint8, device=x.device) if with_code else None
     numel = source.numel()
     _fire_kernel[(triton.cdiv(numel, _ELEMENTS_PER_PROGRAM),)](
-        source, peak, spikes, code if with_code else spikes, numel, x.size(-1),
-        float(timesteps), WITH_CODE=with_code, BLOCK=_ELEMENTS_PER_PROGRAM)
+        source, peak, spikes, code if with_code else spikes, numel, float(timesteps),
+        channels=x.size(-1), WITH_CODE=with_code, BLOCK=_ELEMENTS_PER_PROGRAM)
     return spikes, code
 
 
@@ -228,6 +230,6 @@ def fire_backward(grad: torch.Tensor, code: torch.Tensor, peak: torch.Tensor, ti
     numel = code.numel()
     _fire_backward_kernel[(triton.cdiv(numel, _ELEMENTS_PER_PROGRAM),)](
         grad, code, peak, grad_x, counts if counts is not None else grad_x, numel,
-        code.size(-1), float(timesteps), WITH_COUNTS=counts is not None,
+        float(timesteps), channels=code.size(-1), WITH_COUNTS=counts is not None,
         BLOCK=_ELEMENTS_PER_PROGRAM)
     return grad_x, counts
