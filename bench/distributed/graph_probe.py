@@ -7,9 +7,8 @@ and used, whether both ranks hold the same IMLS statistics, and the first error.
 
     python bench/distributed/graph_probe.py [--cases ...]
 
-A case is ``name:ENV=value,ENV=value`` (environment of both ranks). The encoder runs
-eagerly under a process group unless ``IMLSPIKE_DDP_GRAPHS=1`` (``fast/ranks.py``), which
-every case sets.
+A case is ``name:ENV=value,ENV=value`` (environment of both ranks). Every case sets
+``IMLSPIKE_DDP_GRAPHS=1`` (the default since it passed; ``fast/ranks.py``).
 """
 
 import argparse

@@ -11,7 +11,8 @@ T=6, IMLS, HD-RepSSA_S) unless a run names another. Runs, each a fresh process t
   loss curves compared; each rank's IMLS statistics dumped after training and compared.
   ``transformer``: the stock Transformer config the same way (what 2 GPUs cost ESPnet
   itself); ``nographs``: the IML 2-GPU run with ``IMLSPIKE_CUDA_GRAPHS=0``;
-  ``ddpgraphs``: the IML 2-GPU run with CUDA graphs under DDP (``IMLSPIKE_DDP_GRAPHS=1``),
+  ``ddpgraphs``: the IML 2-GPU run with CUDA graphs under DDP (``IMLSPIKE_DDP_GRAPHS=1``,
+  now also the default, so ``fp32``'s 2-GPU run has them too; ``nographs`` runs without),
   its statistics and losses compared with ``fp32_1gpu``.
 * ``bf16amp_1gpu``: ``--use_amp true`` as ESPnet 202511 does it on an H100 (bfloat16
   autocast and a GradScaler); ``fp16amp_1gpu``: the same with float16 autocast; with

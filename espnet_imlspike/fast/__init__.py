@@ -5,7 +5,9 @@ Each fast path computes what the reference modules compute (``neurons.py``,
 
 * :mod:`.firing`: an IMLS neuron (Eq. 10-11) and the synaptic layers it feeds as one
   autograd node that keeps 2 bytes per element for backward (spike count and STE mask)
-  instead of two float tensors. Spikes are bit-identical to the reference.
+  instead of two float tensors. Spikes are bit-identical to the reference. On CUDA its
+  element-wise work runs as the Triton kernels of :mod:`.kernels` (one byte kept;
+  ``IMLSPIKE_TRITON=0`` for the PyTorch operations).
 * :mod:`.long_attention`: HD-RepSSA (Eq. 12-15) in memory linear in the sequence length
   (softmax: query chunks with recomputation in backward; linear: the decay mask as a
   chunked two-way recurrence), used when the explicit (L, L) map would be large.
@@ -13,8 +15,8 @@ Each fast path computes what the reference modules compute (``neurons.py``,
 * :mod:`.graphs`: on CUDA, the whole encoder forward and backward replayed as CUDA
   graphs, one per bucket of (batch, length) shapes (lengths rounded up, padding
   invariance makes the valid outputs unchanged): no kernel launch overhead, no compiler.
-  :mod:`.buckets` holds the bucket shapes; :mod:`.ranks` the opt-in use of the graphs
-  under ``torch.distributed`` (off by default, see there).
+  :mod:`.buckets` holds the bucket shapes; :mod:`.ranks` what the graphs need under
+  ``torch.distributed`` (NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` turns them off there).
 
 Switch: the environment variable ``IMLSPIKE_FAST`` (``auto``, the default: on for CUDA
 tensors, off on the CPU; ``1``: on everywhere, as the tests use it; ``0``: off), or
