@@ -98,3 +98,27 @@ def test_no_valid_frame_gives_eps_and_no_mask_means_all_valid():
     assert torch.equal(peak, torch.full((5,), 1e-6))
     peak = kernels.finish_threshold(kernels.partial_max(x, None), 1e-6, None, None)
     assert torch.equal(peak, x.reshape(-1, 5).amax(0))
+
+
+def test_empty_inputs_launch_nothing():
+    x = torch.zeros(0, 4, 5)
+    spikes, code = kernels.fire(x, torch.ones(5), 6, with_code=True)
+    assert spikes.shape == code.shape == x.shape
+    grad_x, counts = kernels.fire_backward(x, code, torch.ones(5), 6, x.dtype, x.dtype)
+    assert grad_x.shape == counts.shape == x.shape
+    peak = kernels.finish_threshold(kernels.partial_max(x, None), 1e-6, None, None)
+    assert torch.equal(peak, torch.full((5,), 1e-6))
+
+
+def test_a_failing_tool_chain_falls_back_with_a_warning(monkeypatch, caplog):
+    device = torch.device("cpu")
+    assert kernels.kernels_work(device)  # the interpreter runs the probe kernel
+    monkeypatch.setattr(kernels, "_working", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(kernels, "fire", broken)
+    assert not kernels.kernels_work(device)
+    assert "Failed to find C compiler" in caplog.text and "PyTorch operations" in caplog.text
+    assert not kernels.kernels_work(device)  # tried once

@@ -27,8 +27,9 @@ tests run these kernels in Triton's interpreter (``TRITON_INTERPRET=1`` with
 ``IMLSPIKE_TRITON=1``).
 """
 
+import logging
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,17 +49,42 @@ _TARGET_PROGRAMS = 512  # enough programs to fill a GPU's SMs several times
 _ELEMENTS_PER_PROGRAM = 2048
 
 
+_working: Dict[torch.device, bool] = {}
+
+
 def available(x: torch.Tensor, timesteps: int) -> bool:
     """Whether the kernels run for input ``x``: CUDA (or the interpreter in tests),
-    Triton importable, a float dtype and ``T <= 127``."""
+    Triton importable and working there, a float dtype and ``T <= 127``."""
     setting = os.environ.get("IMLSPIKE_TRITON", "auto")
     if triton is None or setting == "0" or torch.compiler.is_compiling():
         return False
     if x.dtype not in FLOAT_TYPES or not 1 <= timesteps <= MAX_TIMESTEPS:
         return False
     if x.is_cuda:
-        return True
+        return kernels_work(x.device)
     return setting == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def kernels_work(device: torch.device) -> bool:
+    """Whether a first kernel compiles and runs on ``device`` (tried once per device).
+
+    Triton builds its launcher with the system's C compiler at first use; where that
+    fails (no compiler, an unsupported GPU), IMLS firing keeps the PyTorch operations
+    (same results) and says so once, instead of stopping the training.
+    """
+    if device not in _working:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return False  # never try inside a CUDA-graph capture (its warm-up tries)
+        try:
+            probe = torch.ones(1, 1, device=device)
+            fire(probe, torch.ones(1, device=device), 1)
+            _working[device] = True
+        except Exception as error:  # any failure of Triton's tool chain
+            logging.warning("Triton kernels of IMLS firing unavailable on %s (%s: %s); "
+                            "using PyTorch operations (IMLSPIKE_TRITON=0 skips this try)",
+                            device, type(error).__name__, error)
+            _working[device] = False
+    return _working[device]
 
 
 if triton is not None:
@@ -212,6 +238,8 @@ def fire(x: torch.Tensor, peak: torch.Tensor, timesteps: int,
     spikes = torch.empty(source.shape, dtype=spike_dtype or x.dtype, device=x.device)
     code = torch.empty(source.shape, dtype=torch.uint8, device=x.device) if with_code else None
     numel = source.numel()
+    if numel == 0:
+        return spikes, code
     _fire_kernel[(triton.cdiv(numel, _ELEMENTS_PER_PROGRAM),)](
         source, peak, spikes, code if with_code else spikes, numel, float(timesteps),
         channels=x.size(-1), WITH_CODE=with_code, BLOCK=_ELEMENTS_PER_PROGRAM)
@@ -228,6 +256,8 @@ def fire_backward(grad: torch.Tensor, code: torch.Tensor, peak: torch.Tensor, ti
     counts = (torch.empty(code.shape, dtype=counts_dtype, device=code.device)
               if counts_dtype is not None else None)
     numel = code.numel()
+    if numel == 0:
+        return grad_x, counts
     _fire_backward_kernel[(triton.cdiv(numel, _ELEMENTS_PER_PROGRAM),)](
         grad, code, peak, grad_x, counts if counts is not None else grad_x, numel,
         float(timesteps), channels=code.size(-1), WITH_COUNTS=counts is not None,
