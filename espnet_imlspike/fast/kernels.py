@@ -44,6 +44,7 @@ MAX_TIMESTEPS = 127  # count in 7 bits, STE mask in the 8th
 INSIDE_BIT = 128
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ROW_BLOCK = 32
+_MIN_ROWS_PER_PROGRAM = 128  # bounds the partial rows one program reduces after
 _MAX_ROWS_PER_PROGRAM = 1024
 _TARGET_PROGRAMS = 512  # enough programs to fill a GPU's SMs several times
 _ELEMENTS_PER_PROGRAM = 2048
@@ -89,8 +90,11 @@ def kernels_work(device: torch.device) -> bool:
 
 if triton is not None:
 
-    # Channel counts are compile-time constants (a model has two or three), row and
-    # element counts are not specialised: new batch shapes never trigger a compilation.
+    # Channel counts are compile-time constants (a model has two or three) and row counts
+    # are not specialised, so new batch shapes never trigger a compilation. Element counts
+    # (rows x channels) stay specialised: a multiple of 16 for any usual channel count,
+    # which the vectorised loads of the element-wise kernels need (unspecialised, the
+    # firing kernels ran 2-3x slower on an H200).
     @triton.jit(do_not_specialize=["rows", "rows_per_program"])
     def _partial_max_kernel(x_ptr, valid_ptr, out_ptr, rows, rows_per_program,
                             channels: tl.constexpr, HAS_VALID: tl.constexpr,
@@ -147,7 +151,7 @@ if triton is not None:
                 tl.store(running_ptr + cols, tl.where(usable, new, old), mask=ok)
             tl.store(tracked_ptr, tracked + usable.to(tl.int64))
 
-    @triton.jit(do_not_specialize=["numel"])
+    @triton.jit
     def _fire_kernel(x_ptr, peak_ptr, spikes_ptr, code_ptr, numel, timesteps,
                      channels: tl.constexpr, WITH_CODE: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -167,7 +171,7 @@ if triton is not None:
             code = count | tl.where(inside, 128, 0).to(tl.uint8)
             tl.store(code_ptr + offsets, code, mask=ok)
 
-    @triton.jit(do_not_specialize=["numel"])
+    @triton.jit
     def _fire_backward_kernel(grad_ptr, code_ptr, peak_ptr, grad_x_ptr, counts_ptr, numel,
                               timesteps, channels: tl.constexpr, WITH_COUNTS: tl.constexpr,
                               BLOCK: tl.constexpr):
@@ -200,7 +204,8 @@ def partial_max(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
     column_blocks = triton.cdiv(channels, block_c)
     per_program = triton.cdiv(count * column_blocks, _TARGET_PROGRAMS)
     per_program = min(_MAX_ROWS_PER_PROGRAM,
-                      max(_ROW_BLOCK, triton.cdiv(per_program, _ROW_BLOCK) * _ROW_BLOCK))
+                      max(_MIN_ROWS_PER_PROGRAM,
+                          triton.cdiv(per_program, _ROW_BLOCK) * _ROW_BLOCK))
     groups = max(1, triton.cdiv(count, per_program))
     out = torch.empty(groups, channels, dtype=torch.float32, device=x.device)
     flags = (valid.reshape(-1).contiguous().view(torch.uint8) if valid is not None
