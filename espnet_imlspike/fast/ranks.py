@@ -20,8 +20,10 @@ graph. Three things make graphs safe across ranks:
 Measured on 2 H200s through ``asr_train --ngpu 2`` (``bench/README.md``): graphs captured
 and replayed on both ranks, rank statistics bitwise equal after 300 iterations, the loss
 as without graphs. On by default with NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` runs the encoder
-eagerly under a process group (as before), e.g. if a capture fails on another set-up
-(a failed capture turns the graphs off for that encoder, see :mod:`.graphs`).
+eagerly under a process group (as before). Set it if a capture fails on another set-up:
+a failed capture turns the graphs off for that encoder (:mod:`.graphs`), but the failure
+seen before the aliases also left the CUDA random generator unusable, which stopped the
+training at its next dropout.
 """
 
 import contextlib
