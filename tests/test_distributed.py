@@ -40,7 +40,6 @@ def test_ranks_share_the_global_batch_maximum():
     assert torch.equal(spikes0, torch.floor((x0 / expected * 6).clamp(0, 6)))
 
 
-
 def _graph_sync_worker(rank, world_size, port, results):
     from espnet_imlspike.fast.ranks import agree_across_ranks, graphs_allowed_in_process_group
     from espnet_imlspike.neurons import rank_local_maxima

@@ -49,17 +49,15 @@ def imls_threshold(
         neuron.update_statistics(peak)
         return peak
     partials = kernels.partial_max(x, valid)
-    if reduces_across_ranks():  # the global maximum first, then the module's update
-        peak = kernels.finish_threshold(partials, neuron.eps, None, None)
+    across_ranks = reduces_across_ranks()
+    if not across_ranks and neuron.running_max.dtype == torch.float32:  # update fused
+        return kernels.finish_threshold(partials, neuron.eps, neuron.running_max,
+                                        neuron.num_batches_tracked, neuron.momentum)
+    peak = kernels.finish_threshold(partials, neuron.eps, None, None)
+    if across_ranks:  # the global maximum first, then the module's own update
         all_reduce_max(peak)
-        neuron.update_statistics(peak)
-        return peak
-    if neuron.running_max.dtype != torch.float32:
-        peak = kernels.finish_threshold(partials, neuron.eps, None, None)
-        neuron.update_statistics(peak)
-        return peak
-    return kernels.finish_threshold(partials, neuron.eps, neuron.running_max,
-                                    neuron.num_batches_tracked, neuron.momentum)
+    neuron.update_statistics(peak)
+    return peak
 
 
 def spike_dtype(x: torch.Tensor, feeds_linears: bool) -> torch.dtype:
@@ -105,6 +103,7 @@ class _FireLinear(torch.autograd.Function):
         weights, biases = params[:count], params[count:]
         outputs = [F.linear(spikes, w, b) for w, b in zip(weights, biases)]
         ctx.timesteps, ctx.count, ctx.x_dtype, ctx.fused = timesteps, count, x.dtype, fused
+        ctx.x_shape = x.shape
         ctx.has_bias = [b is not None for b in biases]
         ctx.out_dtype = outputs[0].dtype if outputs else x.dtype
         if fused:
@@ -124,10 +123,13 @@ class _FireLinear(torch.autograd.Function):
         want_x = ctx.needs_input_grad[0]
         grad_weights, grad_biases = [], []
         with torch.autocast(peak.device.type, enabled=False):
-            grad_spikes = grads[0] if count == 0 else _grad_spikes(weights, grads, dtype)
-            spikes = None
+            # each layer's output gradient as rows, in the layers' compute dtype
+            flat = [None if g is None else g.reshape(-1, g.size(-1)).to(dtype)
+                    for g in grads] if count else []
+            grad_spikes = (grads[0] if count == 0
+                           else _grad_spikes(weights, flat, dtype, ctx.x_shape))
+            spikes = grad_x = None
             if ctx.fused:
-                grad_x = None
                 if grad_spikes is not None and want_x:
                     grad_x, spikes = kernels.fire_backward(
                         grad_spikes, code, peak, ctx.timesteps, ctx.x_dtype,
@@ -135,7 +137,6 @@ class _FireLinear(torch.autograd.Function):
                 elif count:
                     spikes = (code & (kernels.INSIDE_BIT - 1)).to(dtype)
             else:
-                grad_x = None
                 if grad_spikes is not None and want_x:
                     grad_x = _input_grad(grad_spikes.to(ctx.x_dtype), inside, peak,
                                          ctx.timesteps, ctx.x_dtype)
@@ -143,7 +144,7 @@ class _FireLinear(torch.autograd.Function):
                     spikes = counts.to(dtype)
             if count:
                 grad_weights, grad_biases = _weight_grads(
-                    spikes, peak, weights, grads, dtype, ctx.has_bias,
+                    spikes, peak, weights, flat, dtype, ctx.has_bias,
                     ctx.needs_input_grad[4:])
         return (grad_x, None, None, None, *grad_weights, *grad_biases)
 
@@ -154,24 +155,21 @@ def _input_grad(grad_spikes, inside, peak, timesteps, x_dtype):
     return torch.where(inside, grad_spikes, zero) * timesteps / peak.to(x_dtype)
 
 
-def _grad_spikes(weights, grads, dtype):
-    """``dL/ds = sum_i g_i W_i`` (accumulated in place, no concatenation), in the
-    layers' compute dtype; None if no layer output got a gradient."""
+def _grad_spikes(weights, flat, dtype, shape):
+    """``dL/ds = sum_i g_i W_i`` (accumulated in place, no concatenation) from the
+    layers' output gradients as rows (``flat``, None for none), in the layers' compute
+    dtype and the spikes' ``shape``; None if no layer output got a gradient."""
     grad_spikes = None
-    for weight, grad in zip(weights, grads):
-        if grad is None:
+    for weight, rows in zip(weights, flat):
+        if rows is None:
             continue
-        flat = grad.reshape(-1, grad.size(-1)).to(dtype)
         weight = weight.to(dtype)
-        grad_spikes = (flat.mm(weight) if grad_spikes is None
-                       else grad_spikes.addmm_(flat, weight))
-    if grad_spikes is not None:
-        shape = next(g for g in grads if g is not None).shape[:-1] + (weights[0].size(1),)
-        grad_spikes = grad_spikes.view(shape)
-    return grad_spikes
+        grad_spikes = (rows.mm(weight) if grad_spikes is None
+                       else grad_spikes.addmm_(rows, weight))
+    return None if grad_spikes is None else grad_spikes.view(shape)
 
 
-def _weight_grads(spikes, peak, weights, grads, dtype, has_bias, needs):
+def _weight_grads(spikes, peak, weights, flat, dtype, has_bias, needs):
     """``dL/dW_i = g_i^T s`` and ``dL/db_i = sum_rows g_i`` as autograd forms them, in the
     layers' compute dtype. A batch whose threshold statistic is not finite (a NaN or inf
     input; its spikes held NaN, which the byte counts cannot) gets NaN weight gradients,
@@ -181,14 +179,13 @@ def _weight_grads(spikes, peak, weights, grads, dtype, has_bias, needs):
     poison = torch.where(torch.isfinite(peak).all(), 1.0, float("nan"))
     grad_weights: List[Optional[torch.Tensor]] = [None] * count
     grad_biases: List[Optional[torch.Tensor]] = [None] * count
-    for i, grad in enumerate(grads):
+    for i, grad in enumerate(flat):
         if grad is None:
             continue
-        flat = grad.reshape(-1, grad.size(-1)).to(dtype)
         if needs[i]:
-            grad_weights[i] = (flat.t().mm(rows) * poison.to(dtype)).to(weights[i].dtype)
+            grad_weights[i] = (grad.t().mm(rows) * poison.to(dtype)).to(weights[i].dtype)
         if has_bias[i] and needs[count + i]:
-            grad_biases[i] = flat.sum(0).to(weights[i].dtype)
+            grad_biases[i] = grad.sum(0).to(weights[i].dtype)
     return grad_weights, grad_biases
 
 
