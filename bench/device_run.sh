@@ -26,6 +26,17 @@ task() {  # name, seconds, command...
     grep -v '^\[' $RES/$name.log | grep -E '^\||"output_max|error|Error|OOM|rc=' | tail -40
 }
 
+stock_bf16_task() {  # name, seconds, models...: stock asr_train in bf16, logs kept
+    local name=$1 limit=$2
+    shift 2
+    task $name $limit python3 bench/stock_train.py --out /tmp/$name --precision bf16 \
+        --models "$@"
+    mkdir -p $RES/$name && cp /tmp/$name/stock_train.* $RES/$name/ 2>/dev/null
+    for d in /tmp/$name/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
+        > $RES/$name/$(basename $d).log; cp $d/memory.json \
+        $RES/$name/$(basename $d).memory.json 2>/dev/null; done
+}
+
 for t in "$@"; do
     case $t in
     probe)  # capture mode for the tasks after it: the first that captures the encoder
@@ -38,20 +49,11 @@ for t in "$@"; do
         echo "capture mode: ${mode:-none, CUDA graphs off}" | tee -a $RES/device.txt ;;
     checks) task checks 300 python3 bench/fast_checks.py --out $RES/checks ;;
     replay) task replay 300 python3 bench/replay_shapes.py --out $RES/replay ;;
-    stock_bf16) task stock_bf16 420 python3 bench/stock_train.py --out /tmp/st \
-        --precision bf16 --models transformer iml_imls_t6 iml_imls_t6@ref \
-        iml_multistep_t6:100 no_encoder_blocks
-        mkdir -p $RES/stock_bf16 && cp /tmp/st/stock_train.* $RES/stock_bf16/ 2>/dev/null
-        for d in /tmp/st/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
-            > $RES/stock_bf16/$(basename $d).log; cp $d/memory.json \
-            $RES/stock_bf16/$(basename $d).memory.json 2>/dev/null; done ;;
-    stock_kernels)  # stock asr_train, bf16: the default (Triton kernels) beside the rest
-        task stock_kernels 330 python3 bench/stock_train.py --out /tmp/stk --precision bf16 \
-            --models transformer iml_imls_t6 iml_imls_t6@notriton iml_imls_t6@nographs \
-            iml_multistep_t6:100 no_encoder_blocks
-        mkdir -p $RES/stock_kernels && cp /tmp/stk/stock_train.* $RES/stock_kernels/ 2>/dev/null
-        for d in /tmp/stk/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
-            > $RES/stock_kernels/$(basename $d).log; done ;;
+    stock_bf16) stock_bf16_task stock_bf16 420 transformer iml_imls_t6 iml_imls_t6@ref \
+        iml_multistep_t6:100 no_encoder_blocks ;;
+    stock_kernels)  # the default (Triton kernels) beside the same path without them
+        stock_bf16_task stock_kernels 330 transformer iml_imls_t6 iml_imls_t6@notriton \
+            iml_imls_t6@nographs iml_multistep_t6:100 no_encoder_blocks ;;
     stock_fp32) task stock_fp32 170 python3 bench/stock_train.py --out /tmp/st32 \
         --precision fp32 --models transformer iml_imls_t6 no_encoder_blocks
         mkdir -p $RES/stock_fp32 && cp /tmp/st32/stock_train.* $RES/stock_fp32/ 2>/dev/null ;;
