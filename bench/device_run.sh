@@ -5,8 +5,8 @@
 #
 #   bash bench/device_run.sh checks stock_bf16 replay long deploy
 #
-# tasks: probe checks profile replay stock_bf16 stock_fp32 long infer fixed deploy kernels
-#        stock_kernels
+# tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
+#        infer fixed deploy kernels stock_kernels
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -49,6 +49,13 @@ for t in "$@"; do
         echo "capture mode: ${mode:-none, CUDA graphs off}" | tee -a $RES/device.txt ;;
     checks) task checks 300 python3 bench/fast_checks.py --out $RES/checks ;;
     replay) task replay 300 python3 bench/replay_shapes.py --out $RES/replay ;;
+    replay_bf16)  # graph captures and the graph pool logged
+        task replay_bf16 200 python3 bench/replay_shapes.py --out $RES/replay_bf16 \
+            --precision bfloat16 --models transformer iml_imls_t6@nographs iml_imls_t6
+        grep -E "captured" $RES/replay_bf16.log | tail -40 ;;
+    profile_eval) task profile_eval 150 python3 bench/profile_step.py --out $RES/profile \
+            --eval --frames 1200 --top 30 --models transformer iml_imls_t6
+        cat $RES/profile/profile_eval_bfloat16.txt ;;
     stock_bf16) stock_bf16_task stock_bf16 420 transformer iml_imls_t6 iml_imls_t6@ref \
         iml_multistep_t6:100 no_encoder_blocks ;;
     stock_kernels)  # the default (Triton kernels) beside the same path without them

@@ -6,7 +6,9 @@
   (dropout off: a graph draws its dropout masks from offsets of its own), two steps
   accumulated into ``.grad``, then an eval step; and vs the reference on the unpadded
   batch (where matrix products of other shapes may round differently);
-* memory-linear attention vs the explicit map on one 1500-frame utterance.
+* memory-linear attention vs the explicit map on one 1500-frame utterance;
+* the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) vs the
+  PyTorch operations it replaces, bit for bit, 1 to 1024 keys, fp32 and bf16 autocast.
 
     python bench/fast_checks.py --out bench/out
 """
@@ -161,22 +163,70 @@ def long_attention(device):
     return results
 
 
+def softmax_kernel(device):
+    """Share of differing softmax values and weights, kernel vs PyTorch operations."""
+    from espnet_imlspike.fast import attention_kernels
+    from espnet_imlspike.fast.long_attention import _softmax_chunk
+
+    generator = torch.Generator().manual_seed(0)
+    applies = attention_kernels.applies
+    results = {}
+    for keys in (1, 5, 33, 149, 320, 1000, 1024):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            for decay in (1 - 2**-6, None):
+                n, heads, d = 4, 4, 64
+                q, k = (torch.randint(0, 7, (n, heads, keys, d), generator=generator)
+                        .float().mul(torch.rand(1, generator=generator) * 0.2)
+                        .to(device) for _ in range(2))
+                lengths = torch.randint(1, keys + 1, (n,), generator=generator)
+                lengths[0], lengths[-1] = keys, 0
+                valid = (torch.arange(keys)[None] < lengths[:, None]).to(device)
+                start = keys // 3
+                q_c = q[:, :, start:]
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    attention_kernels.applies = lambda scores: False
+                    _, soft_ref, weights_ref = _softmax_chunk(q_c, k, start, valid, decay, 8.0)
+                    attention_kernels.applies = applies
+                    used = applies(q_c @ k.transpose(-2, -1))
+                    _, soft, weights = _softmax_chunk(q_c, k, start, valid, decay, 8.0,
+                                                      with_soft=True)
+                weights_ref = weights_ref.to(weights.dtype)  # the product's cast
+                results[f"{keys}_{name}_{'decay' if decay else 'plain'}"] = {
+                    "kernel_used": bool(used),
+                    "soft_share_differing": float((soft != soft_ref).float().mean()),
+                    "weights_share_differing": float((weights != weights_ref).float().mean()),
+                    "weights_max_abs_diff": float((weights.float() - weights_ref.float())
+                                                  .abs().max()),
+                }
+    return results
+
+
+PARTS = ["fused", "graphs", "long", "softmax"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", choices=SIZES, default="aishell")
+    parser.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "torch": torch.__version__}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        results[f"fused_vs_reference_{name}"] = fused_vs_reference(device, dtype, args.size)
-        print(json.dumps(results), flush=True)
-        results[f"graphs_{name}"] = graphs_vs_eager(device, dtype, args.size)
-        print(json.dumps(results), flush=True)
-    results["long_attention_fp32"] = long_attention(device)
+        if "fused" in args.parts:
+            results[f"fused_vs_reference_{name}"] = fused_vs_reference(device, dtype,
+                                                                       args.size)
+            print(json.dumps(results), flush=True)
+        if "graphs" in args.parts:
+            results[f"graphs_{name}"] = graphs_vs_eager(device, dtype, args.size)
+            print(json.dumps(results), flush=True)
+    if "long" in args.parts:
+        results["long_attention_fp32"] = long_attention(device)
+    if "softmax" in args.parts and device.type == "cuda":
+        results["softmax_kernel"] = softmax_kernel(device)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

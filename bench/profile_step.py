@@ -4,8 +4,11 @@ For each model on one fixed batch: the median wall time of ``--repeat`` steps (f
 loss, backward, AdamW; synchronised), the GPU kernel time of a step from the PyTorch
 profiler (sum of kernel durations), and the kernels that take the most GPU time. A step
 whose wall time is far above its kernel time is bound by the CPU (kernel launches).
+``--eval``: the inference call instead (eval mode, no grad, after three calibrating
+training-mode forwards), as ``inference_speed.py`` times it.
 
     python bench/profile_step.py --out bench/out --dtype bfloat16
+    python bench/profile_step.py --out bench/out --eval --frames 1200
 """
 
 import argparse
@@ -32,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--eval", action="store_true", help="profile inference calls")
     args = parser.parse_args(argv)
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     generator = torch.Generator().manual_seed(0)
@@ -55,6 +59,17 @@ def main(argv=None):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
+            if args.eval:
+                with torch.no_grad():  # calibrate the IMLS statistics, then evaluate
+                    for _ in range(3):
+                        model(xs, lengths)
+                model.eval()
+
+                def step():  # noqa: F811 (the inference call replaces the training step)
+                    with torch.no_grad(), torch.autocast("cuda", dtype=dtype,
+                                                         enabled=dtype != torch.float32):
+                        model(xs, lengths)
+
             for _ in range(4):
                 step()
             times = []
@@ -70,7 +85,8 @@ def main(argv=None):
                 synchronize(device)
         kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
         gpu = sum(e.self_device_time_total for e in kernels) / 3 / 1e6
-        row = {"model": name, "dtype": args.dtype, "wall_s": statistics.median(times),
+        row = {"model": name, "dtype": args.dtype, "eval": args.eval,
+               "wall_s": statistics.median(times),
                "gpu_kernel_s": gpu}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -84,8 +100,9 @@ def main(argv=None):
         torch.cuda.empty_cache()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"profile_{args.dtype}.json").write_text(json.dumps(rows, indent=1))
-        (args.out / f"profile_{args.dtype}.txt").write_text("\n".join(text) + "\n")
+        stem = f"profile_{'eval_' if args.eval else ''}{args.dtype}"
+        (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+        (args.out / f"{stem}.txt").write_text("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

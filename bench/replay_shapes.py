@@ -13,6 +13,7 @@ the first ``--warmup`` steps, peak allocated and reserved memory.
 """
 
 import argparse
+import logging
 import json
 import statistics
 from pathlib import Path
@@ -59,11 +60,14 @@ def run(name, size, batches, dtype, device, warmup):
                 times.append(step.seconds)
         allocated, reserved = peak_memory(device)
     graphs = len(getattr(getattr(model, "_graphs", None), "entries", {}))
+    pool = sum(s["total_size"] for s in torch.cuda.memory_snapshot()
+               if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)) / 2**30 \
+        if device.type == "cuda" else float("nan")
     return {"model": name, "dtype": str(dtype)[6:], "steps": len(times),
             "total_s": total.seconds, "mean_step_s": total.seconds / len(times),
             "median_step_s_after_warmup": statistics.median(times[warmup:] or times),
             "first_step_s": times[0], "peak_allocated_gib": allocated,
-            "peak_reserved_gib": reserved, "cuda_graphs": graphs,
+            "peak_reserved_gib": reserved, "cuda_graphs": graphs, "graph_pool_gib": pool,
             "loss_finite": bool(torch.isfinite(loss))}
 
 
@@ -97,6 +101,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # graph captures
     if args.smoke:
         args.size, args.steps, args.warmup, args.frames, args.device = "tiny", 4, 1, 800, "cpu"
         args.precision = ["float32"]

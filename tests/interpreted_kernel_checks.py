@@ -60,6 +60,19 @@ def test_fire_equals_the_pytorch_firing_and_its_backward(dtype, timesteps):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_fire_from_the_running_statistic_equals_the_eval_threshold(dtype):
+    neuron = InputAwareMultiLevelSpikeNeuron(7, timesteps=6).eval()
+    eps = neuron.eps
+    neuron.running_max.copy_(torch.tensor([0.0, eps, eps * 1.5, 0.3, 2.0, 5.0, -1.0]))
+    neuron.num_batches_tracked.fill_(3)
+    x = edgy_input((4, 9, 7), dtype, seed=2)
+    expected, _ = fire_with_mask(x, neuron.eval_threshold(), 6)
+    spikes, _ = kernels.fire(x, neuron.running_max, 6, running_eps=eps)
+    assert torch.equal(spikes.nan_to_num(-1), expected.nan_to_num(-1))
+    assert (spikes[..., [0, 1, 6]].nan_to_num(0) == 0).all()  # silent channels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels,rows", [(37, 50), (200, 700), (1500, 20)])
 @pytest.mark.parametrize("momentum", [0.1, 0.7])
 def test_threshold_and_statistics_equal_the_neuron_methods(dtype, channels, rows, momentum):

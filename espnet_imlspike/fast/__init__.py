@@ -11,6 +11,8 @@ Each fast path computes what the reference modules compute (``neurons.py``,
 * :mod:`.long_attention`: HD-RepSSA (Eq. 12-15) in memory linear in the sequence length
   (softmax: query chunks with recomputation in backward; linear: the decay mask as a
   chunked two-way recurrence), used when the explicit (L, L) map would be large.
+  On CUDA the softmax weights (decay, scale, padding, softmax) are one Triton kernel,
+  :mod:`.attention_kernels`, bit-identical to the PyTorch operations.
 * :mod:`.block`: the spiking block of Eq. 4 built from the two above.
 * :mod:`.graphs`: on CUDA, the whole encoder forward and backward replayed as CUDA
   graphs, one per bucket of (batch, length) shapes (lengths rounded up, padding

@@ -198,9 +198,17 @@ def fire_linear(
     """``neuron(x, valid)`` fed to each of ``linears``; returns their outputs (a tuple),
     or the spikes when ``linears`` is empty. The neuron's statistics update as in its
     own forward."""
+    fused = kernels.available(x, neuron.timesteps)
+    if (not neuron.training and fused and not torch.is_grad_enabled()
+            and neuron.running_max.dtype == torch.float32):
+        # inference: the kernel takes the threshold from the running statistic itself
+        neuron._warn_if_uncalibrated()
+        spikes, _ = kernels.fire(x, neuron.running_max, neuron.timesteps,
+                                 spike_dtype(x, bool(linears)), running_eps=neuron.eps)
+        return tuple(layer(spikes) for layer in linears) if linears else spikes
     peak = imls_threshold(neuron, x, valid)
     if not torch.is_grad_enabled():  # inference: nothing to save
-        if kernels.available(x, neuron.timesteps):
+        if fused:
             spikes, _ = kernels.fire(x, peak, neuron.timesteps, spike_dtype(x, bool(linears)))
         else:
             spikes, _ = fire_with_mask(x, peak, neuron.timesteps)

@@ -30,6 +30,7 @@ backward; no compiler is involved, so a bucket costs about one eager step to cap
 import contextlib
 import logging
 import os
+import time
 import weakref
 from typing import Callable, Dict, List, Optional
 
@@ -207,6 +208,7 @@ class EncoderGraphs:
         if entry is None:
             if len(self.entries) >= MAX_GRAPHS:
                 return core(xs, ilens)
+            reserved, start = torch.cuda.memory_reserved(xs.device), time.perf_counter()
             try:
                 entry = self._capture(module, core, xs, ilens, batch, frames, backward)
             except Exception as error:  # any capture problem: eager from now on
@@ -214,6 +216,10 @@ class EncoderGraphs:
                 self.disabled = True
                 return core(xs, ilens)
             self.entries[key] = entry
+            logging.info("spiking encoder: CUDA graph %d (batch %d x %d frames, backward %s) "
+                         "captured in %.2f s; CUDA memory reserved %.2f -> %.2f GiB",
+                         len(self.entries), batch, frames, backward, time.perf_counter() - start,
+                         reserved / 2**30, torch.cuda.memory_reserved(xs.device) / 2**30)
         params = entry.params if backward else []
         return _Replay.apply(self, entry, out_frames(xs.size(1)), xs, ilens, *params)
 

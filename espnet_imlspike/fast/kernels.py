@@ -152,13 +152,16 @@ if triton is not None:
             tl.store(tracked_ptr, tracked + usable.to(tl.int64))
 
     @triton.jit
-    def _fire_kernel(x_ptr, peak_ptr, spikes_ptr, code_ptr, numel, timesteps,
-                     channels: tl.constexpr, WITH_CODE: tl.constexpr, BLOCK: tl.constexpr):
+    def _fire_kernel(x_ptr, peak_ptr, spikes_ptr, code_ptr, numel, timesteps, eps,
+                     channels: tl.constexpr, WITH_CODE: tl.constexpr,
+                     FROM_RUNNING: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         ok = offsets < numel
         x = tl.load(x_ptr + offsets, mask=ok, other=0.0)
         dtype = x.dtype
         peak = tl.load(peak_ptr + offsets % channels, mask=ok, other=1.0)
+        if FROM_RUNNING:  # evaluation: silent (+inf) where the statistic is not above eps
+            peak = tl.where(peak > eps, peak, float("inf"))
         peak = peak.to(dtype).to(tl.float32)  # peak.to(x.dtype)
         ratio = tl.math.div_rn(x.to(tl.float32), peak).to(dtype).to(tl.float32)
         u = (ratio * timesteps).to(dtype).to(tl.float32)
@@ -235,10 +238,13 @@ def finish_threshold(partials: torch.Tensor, eps: float, running_max: Optional[t
 
 
 def fire(x: torch.Tensor, peak: torch.Tensor, timesteps: int,
-         spike_dtype: Optional[torch.dtype] = None,
-         with_code: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+         spike_dtype: Optional[torch.dtype] = None, with_code: bool = False,
+         running_eps: Optional[float] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Spikes ``floor(clip(x / peak * T, 0, T))`` in ``spike_dtype`` (default ``x``'s)
-    and, with ``with_code``, the byte per element that backward needs."""
+    and, with ``with_code``, the byte per element that backward needs. With
+    ``running_eps``, ``peak`` is the running statistic and the evaluation threshold is
+    taken from it in the kernel (``+inf`` where it is not above ``running_eps``, as
+    :meth:`~espnet_imlspike.neurons.InputAwareMultiLevelSpikeNeuron.eval_threshold`)."""
     source = x.contiguous()
     spikes = torch.empty(source.shape, dtype=spike_dtype or x.dtype, device=x.device)
     code = torch.empty(source.shape, dtype=torch.uint8, device=x.device) if with_code else None
@@ -247,7 +253,8 @@ def fire(x: torch.Tensor, peak: torch.Tensor, timesteps: int,
         return spikes, code
     _fire_kernel[(triton.cdiv(numel, _ELEMENTS_PER_PROGRAM),)](
         source, peak, spikes, code if with_code else spikes, numel, float(timesteps),
-        channels=x.size(-1), WITH_CODE=with_code, BLOCK=_ELEMENTS_PER_PROGRAM)
+        float(running_eps or 0.0), channels=x.size(-1), WITH_CODE=with_code,
+        FROM_RUNNING=running_eps is not None, BLOCK=_ELEMENTS_PER_PROGRAM)
     return spikes, code
 
 

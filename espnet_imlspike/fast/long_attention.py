@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from espnet_imlspike.fast import attention_kernels
+
 # explicit maps above this many elements (per block) take the chunked paths
 LONG_MAP_ELEMENTS = 1 << 25
 CHUNK_ELEMENTS = 1 << 24
@@ -42,28 +44,34 @@ def decay_rows(rows: torch.Tensor, cols: torch.Tensor, phi: float, dtype) -> tor
     return torch.exp(distance * math.log(phi)).to(dtype)
 
 
-def _softmax_chunk(q_c, k, rows, cols, padding, decay, scale):
-    """Softmax weights of query rows ``rows`` (reference operations and dtypes)."""
+def _softmax_chunk(q_c, k, start, valid, decay, scale, with_soft=False):
+    """Softmax weights of the query rows from ``start`` (the reference's operations, or
+    their fused kernel on CUDA, :mod:`.attention_kernels`): the scores' dtype, the
+    softmax (None unless ``with_soft`` or computed anyway) and the weights with padded
+    keys zeroed."""
     scores = torch.matmul(q_c, k.transpose(-2, -1))
+    if attention_kernels.applies(scores):
+        weights, soft = attention_kernels.softmax_weights(scores, valid, start, decay,
+                                                          scale, with_soft)
+        return scores.dtype, soft, weights
+    padding = ~valid[:, None, None, :]
     if decay is not None:
-        scores = scores * decay_rows(rows, cols, decay, scores.dtype)
+        cols = torch.arange(k.size(2), device=k.device)
+        scores = scores * decay_rows(cols[start:start + q_c.size(2)], cols, decay,
+                                     scores.dtype)
     scores = scores / scale
     scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1)
-    return scores, weights, weights.masked_fill(padding, 0.0)
+    return scores.dtype, weights, weights.masked_fill(padding, 0.0)
 
 
 class _ChunkedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, valid, decay, d_k, chunk):
-        padding = ~valid[:, None, None, :]
-        length = q.size(2)
-        cols = torch.arange(length, device=q.device)
         out = []
-        for start in range(0, length, chunk):
-            rows = cols[start:start + chunk]
-            _, _, weights = _softmax_chunk(q[:, :, start:start + chunk], k, rows, cols,
-                                           padding, decay, math.sqrt(d_k))
+        for start in range(0, q.size(2), chunk):
+            _, _, weights = _softmax_chunk(q[:, :, start:start + chunk], k, start, valid,
+                                           decay, math.sqrt(d_k))
             out.append(torch.matmul(weights, v))
         ctx.decay, ctx.d_k, ctx.chunk = decay, d_k, chunk
         ctx.autocast = (torch.is_autocast_enabled(q.device.type),
@@ -84,13 +92,13 @@ class _ChunkedSoftmax(torch.autograd.Function):
             for start in range(0, length, ctx.chunk):
                 stop = start + ctx.chunk
                 rows, q_c, g_c = cols[start:stop], q[:, :, start:stop], grad_out[:, :, start:stop]
-                scores, soft, weights = _softmax_chunk(q_c, k, rows, cols, padding,
-                                                       ctx.decay, scale)
+                scores_dtype, soft, weights = _softmax_chunk(q_c, k, start, valid, ctx.decay,
+                                                             scale, with_soft=True)
                 grad_v = _add(grad_v, torch.matmul(weights.transpose(-2, -1), g_c))
                 grad_w = torch.matmul(g_c, v.transpose(-2, -1)).to(soft.dtype)
                 grad_w = grad_w.masked_fill(padding, 0.0)
                 grad_s = torch._softmax_backward_data(grad_w, soft, -1, soft.dtype)
-                grad_s = grad_s.to(scores.dtype).masked_fill(padding, 0.0) / scale
+                grad_s = grad_s.to(scores_dtype).masked_fill(padding, 0.0) / scale
                 if ctx.decay is not None:
                     grad_s = grad_s * decay_rows(rows, cols, ctx.decay, grad_s.dtype)
                 grad_q.append(torch.matmul(grad_s, k).to(q.dtype))
