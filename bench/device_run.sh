@@ -6,7 +6,7 @@
 #   bash bench/device_run.sh checks stock_bf16 replay long deploy
 #
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
-#        infer fixed deploy kernels stock_kernels
+#        infer fixed deploy kernels stock_kernels stock_graphs
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -61,6 +61,10 @@ for t in "$@"; do
     stock_kernels)  # the default (Triton kernels) beside the same path without them
         stock_bf16_task stock_kernels 330 transformer iml_imls_t6 iml_imls_t6@notriton \
             iml_imls_t6@nographs iml_multistep_t6:100 no_encoder_blocks ;;
+    stock_graphs)  # the default beside the Transformer and the eager fused path
+        stock_bf16_task stock_graphs 240 transformer iml_imls_t6 iml_imls_t6@nographs
+        grep -h "captured\|CUDA graph" /tmp/stock_graphs/iml_imls_t6_bf16/train.log \
+            | cut -c1-200 > $RES/stock_graphs/captures.log ;;
     stock_fp32) task stock_fp32 170 python3 bench/stock_train.py --out /tmp/st32 \
         --precision fp32 --models transformer iml_imls_t6 no_encoder_blocks
         mkdir -p $RES/stock_fp32 && cp /tmp/st32/stock_train.* $RES/stock_fp32/ 2>/dev/null ;;

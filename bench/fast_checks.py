@@ -2,10 +2,11 @@
 
 * fused modules, eager, vs reference: three training steps with dropout (same seeds),
   fp32 and bf16 autocast: encoder outputs, gradients, IMLS statistics;
-* CUDA graphs vs the same fused modules run eagerly on the same bucket-padded batch
-  (dropout off: a graph draws its dropout masks from offsets of its own), two steps
-  accumulated into ``.grad``, then an eval step; and vs the reference on the unpadded
-  batch (where matrix products of other shapes may round differently);
+* CUDA graphs vs the same fused modules run eagerly on the same bucket-padded input
+  layer output (:class:`PaddedBlocks`; dropout off: a graph draws its dropout masks
+  from offsets of its own), two steps accumulated into ``.grad``, then an eval step; and
+  vs the reference on the unpadded batch (matrix products of other shapes may round
+  differently);
 * memory-linear attention vs the explicit map on one 1500-frame utterance;
 * the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) vs the
   PyTorch operations it replaces, bit for bit, 1 to 1024 keys, fp32 and bf16 autocast.
@@ -85,29 +86,43 @@ def fused_vs_reference(device, dtype, size):
     return compare(a, b, a[2])
 
 
-def graphs_vs_eager(device, dtype, size):
-    from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
+class PaddedBlocks(torch.nn.Module):
+    """What a CUDA graph computes, run eagerly: the input layer on the real batch, its
+    output zero-padded to the bucket shape, then the blocks on that (same shapes)."""
 
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, xs, lengths):
+        from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
+
+        encoder = self.encoder
+        embedded, olens, _ = encoder.embed_input(xs, lengths)
+        batch, frames = bucket_batch(xs.size(0)), -(-bucket_frames(embedded.size(1) * 4) // 4)
+        padded = embedded.new_zeros(batch, frames, embedded.size(-1))
+        padded[:xs.size(0), :embedded.size(1)] = embedded
+        padded_lengths = olens.new_zeros(batch)
+        padded_lengths[:xs.size(0)] = olens
+        out = encoder._graph_core(padded, padded_lengths)
+        return out[:xs.size(0), :embedded.size(1)], olens, None
+
+
+def graphs_vs_eager(device, dtype, size):
     torch.manual_seed(0)
     options = dict(SIZES[size], dropout_rate=0.0, positional_dropout_rate=0.0)
     eager = IMLSpikeformerEncoder(80, **options).to(device).train()
     graphed, reference = copy.deepcopy(eager), copy.deepcopy(eager)
+    padded = PaddedBlocks(eager)
     xs, lengths = batch(device)
-    padded = xs.new_zeros(bucket_batch(xs.size(0)), bucket_frames(xs.size(1)), 80)
-    padded[:xs.size(0), :xs.size(1)] = xs
-    plen = lengths.new_zeros(padded.size(0))
-    plen[:xs.size(0)] = lengths
-    region = (xs.size(0), graphed._out_frames(xs.size(1)))
     runs = {}
-    for name, model, inputs, mode, graphs, part in (
-            ("eager_padded", eager, (padded, plen), "1", False, region),
-            ("graphed", graphed, (xs, lengths), "1", True, None),
-            ("reference", reference, (xs, lengths), "0", False, None)):
-        # three warm-up steps (graphs: eager padded run, capture, replay), then two
-        # steps accumulated into .grad
-        steps(model, *inputs, mode, dtype, 3, graphs=graphs, region=part)
-        runs[name] = steps(model, *inputs, mode, dtype, 2, zero_grad=False, graphs=graphs,
-                           region=part)
+    for name, model, mode, graphs in (("eager_padded", padded, "1", False),
+                                      ("graphed", graphed, "1", True),
+                                      ("reference", reference, "0", False)):
+        # three warm-up steps (graphs: eager run, capture, replay), then two steps
+        # accumulated into .grad
+        steps(model, xs, lengths, mode, dtype, 3, graphs=graphs)
+        runs[name] = steps(model, xs, lengths, mode, dtype, 2, zero_grad=False, graphs=graphs)
     olens = runs["graphed"][2]
     results = {
         "graphed_vs_eager_same_padded_shapes": compare(runs["eager_padded"], runs["graphed"],
@@ -118,15 +133,15 @@ def graphs_vs_eager(device, dtype, size):
     for model in (eager, graphed):
         model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
-                                         enabled=dtype != torch.float32):
+                                         enabled=dtype != torch.float32), fast_mode("1"):
         os.environ["IMLSPIKE_CUDA_GRAPHS"] = "1"
         outs = [graphed(xs, lengths)[0].float() for _ in range(3)]  # capture, replays
         os.environ["IMLSPIKE_CUDA_GRAPHS"] = "0"
         ref_out, olens, _ = eager(xs, lengths)
-        same_shape, _, _ = eager(padded, plen)
+        same_shape, _, _ = padded(xs, lengths)
     valid = torch.arange(ref_out.size(1), device=device)[None] < olens[:, None]
-    same_shape = same_shape[:xs.size(0), :ref_out.size(1)].float()
-    for name, other in (("same_padded_shapes", same_shape), ("unpadded", ref_out.float())):
+    for name, other in (("same_padded_shapes", same_shape.float()),
+                        ("unpadded", ref_out.float())):
         diff = (outs[-1] - other)[valid].abs()
         results[f"eval_graphed_vs_eager_{name}_max_abs_diff"] = float(diff.max())
         results[f"eval_graphed_vs_eager_{name}_share_differing"] = float(

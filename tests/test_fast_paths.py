@@ -244,15 +244,17 @@ def test_padding_to_a_bucket_leaves_the_outputs_unchanged():
     torch.manual_seed(3)
     encoder = IMLSpikeformerEncoder(20, **SMALL).eval()
     xs, lengths = torch.randn(3, 70, 20), torch.tensor([70, 52, 9])
-    batch, frames = bucket_batch(3), bucket_frames(70)  # what a graph's static input is
-    padded_xs = torch.zeros(batch, frames, 20)
-    padded_xs[:3, :70] = xs
-    padded_lengths = torch.zeros(batch, dtype=torch.long)
-    padded_lengths[:3] = lengths
     with torch.no_grad(), fast_mode("1"):
         ref, olens, _ = encoder(xs, lengths)
-        padded = encoder._graph_core(padded_xs, padded_lengths)[:3, :encoder._out_frames(70)]
-    assert padded.shape == ref.shape
+        embedded, _, _ = encoder.embed_input(xs, lengths)  # (3, 16, D): eager in training
+        # what a graph's static input is: the input layer's output, zero-padded
+        batch, frames = bucket_batch(3), -(-bucket_frames(16 * 4) // 4)
+        padded_xs = torch.zeros(batch, frames, embedded.size(-1))
+        padded_xs[:3, :16] = embedded
+        padded_lengths = torch.zeros(batch, dtype=torch.long)
+        padded_lengths[:3] = olens
+        padded = encoder._graph_core(padded_xs, padded_lengths)[:3, :16]
+    assert embedded.size(1) == 16 and frames == 32 and padded.shape == ref.shape
     valid = lengths_mask(olens.tolist(), ref.size(1))
     torch.testing.assert_close(padded[valid], ref[valid], rtol=1e-5, atol=1e-5)
 

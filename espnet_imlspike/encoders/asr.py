@@ -20,6 +20,7 @@ from espnet.nets.pytorch_backend.transformer.layer_norm import LayerNorm
 from typeguard import typechecked
 
 from espnet_imlspike.encoders.common import (
+    SUBSAMPLING,
     TimeFolding,
     build_spiking_blocks,
     check_batch,
@@ -139,14 +140,12 @@ class SpikingTransformerEncoder(AbsEncoder):
             return it), output lengths (B,), None. Utterances too short for the
             subsampling have output length 0.
         """
-        graphable = self._graphable(xs_pad, ilens)
-        if graphable:  # CUDA graphs of the whole encoder (espnet_imlspike.fast.graphs)
-            check_batch(xs_pad, ilens, self.input_size, self.min_input_frames,
-                        validate_values=not self.training)
-            xs = self._graphs.run(self, self._graph_core, xs_pad, ilens, self._out_frames)
-            if xs is not None:
-                return xs, subsampled_lengths(ilens, self.input_layer), None
-        xs, olens, valid = self.embed_input(xs_pad, ilens, check=not graphable)
+        xs, olens, valid = self.embed_input(xs_pad, ilens)
+        if self._graphable(xs_pad, ilens):  # the blocks as CUDA graphs (fast.graphs)
+            out = self._graphs.run(self, self._graph_core, xs, olens,
+                                   SUBSAMPLING.get(self.input_layer, 1))
+            if out is not None:
+                return out, olens, None
         time = TimeFolding(self.options, xs.size(0))
         xs, valid = time.fold(xs, valid)
         intermediate: List[Tuple[int, torch.Tensor]] = []
@@ -179,9 +178,12 @@ class SpikingTransformerEncoder(AbsEncoder):
             return False
         return all(fast_block.supported(b) for b in self.encoders)  # graphs check hooks
 
-    def _graph_core(self, xs_pad: torch.Tensor, ilens: torch.Tensor) -> torch.Tensor:
-        """What the graphs capture: input layer, blocks, final LayerNorm (no checks)."""
-        xs, _, valid = self.embed_input(xs_pad, ilens, check=False)
+    def _graph_core(self, xs: torch.Tensor, olens: torch.Tensor) -> torch.Tensor:
+        """What the graphs capture: the blocks and the final LayerNorm, from the input
+        layer's output. The input layer runs eagerly: its large activations and cuDNN
+        workspaces (ESPnet's convolutional subsampling) would otherwise be held in the
+        graphs' memory pool beside the eager cache, for every bucket shape."""
+        valid = valid_frames(olens, xs.size(1))
         for block in self.encoders:
             xs = block(xs, valid)
         return self._normalise(xs)

@@ -77,6 +77,10 @@ def make_input_layer(
     return None if input_size == size else torch.nn.Linear(input_size, size)
 
 
+# input frames per output frame of ESPnet's subsampling input layers (others: 1)
+SUBSAMPLING = {"conv2d": 4, "conv2d2": 2, "conv2d6": 6, "conv2d8": 8}
+
+
 def subsampled_lengths(lengths: torch.Tensor, input_layer) -> torch.Tensor:
     """Output frames of ESPnet's input layer for each input length (>= 0).
 

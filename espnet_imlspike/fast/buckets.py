@@ -10,12 +10,14 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 1
 MAX_FRAMES = 4096
 
 
-def bucket_frames(frames: int) -> Optional[int]:
+def bucket_frames(frames: int, scale: int = 1) -> Optional[int]:
     """Input frames rounded up: multiples of 128 to 1024, of 256 to 2048, of 512 to
-    :data:`MAX_FRAMES`; None above."""
+    :data:`MAX_FRAMES`; None above. With ``scale``, ``frames`` and the result count the
+    frames of a layer that takes ``scale`` input frames per frame (a subsampling)."""
     for step, limit in ((128, 1024), (256, 2048), (512, MAX_FRAMES)):
-        if frames <= limit:
-            return -(-frames // step) * step
+        if frames * scale <= limit:
+            rounded = -(-frames * scale // step) * step  # in input frames
+            return -(-rounded // scale)
     return None
 
 

@@ -1,22 +1,22 @@
-"""The encoder's forward (and backward) replayed as CUDA graphs, one per shape bucket.
+"""The encoder's blocks (forward and backward) replayed as CUDA graphs, one per bucket.
 
-ESPnet's trainer runs the model eagerly, one kernel launch at a time; a spiking encoder
-has about twice the launches of a Transformer (four neuron layers per block), so it is
-bound by the CPU. Here the whole encoder (input layer, blocks, final LayerNorm) is
-captured once per bucket of shapes and replayed as one graph in forward and one in
-backward; no compiler is involved, so a bucket costs about one eager step to capture.
+ESPnet's trainer runs the model eagerly, one launch at a time; a spiking encoder has
+about twice the launches of a Transformer (four neuron layers per block): CPU-bound.
+Here the blocks and final LayerNorm are captured once per bucket of shapes and replayed
+as one graph in forward and one in backward (no compiler: a capture costs about one
+eager step). The input layer runs eagerly before them: its activations and cuDNN
+workspaces, the step's largest, then share the eager cache instead of every graph's pool.
 
-* Buckets: the batch is zero-padded to ``(bucket_batch(B), bucket_frames(T))``.
-  Padding never changes the valid outputs (masks come from the exact lengths, IMLS
-  maxima skip padded frames, padded keys get weight 0) and extra utterances have length
-  0, so the outputs of the real frames are those of the unpadded batch (up to the
-  rounding of matrix products of another shape). Inputs longer than
-  :data:`~.buckets.MAX_FRAMES`, or more than :data:`MAX_GRAPHS` buckets, run eagerly.
+* Buckets: the input layer's output is zero-padded to ``(bucket_batch(B), frames)``,
+  ``frames`` = ``bucket_frames`` of its input frames, in output frames. Padding never
+  changes the valid outputs (masks come from the exact lengths, IMLS maxima skip padded
+  frames, padded keys get weight 0; extra utterances have length 0), up to the rounding
+  of matrix products of another shape. Inputs longer than :data:`~.buckets.MAX_FRAMES`,
+  or more than :data:`MAX_GRAPHS` buckets, run eagerly. Each capture is logged (INFO).
 * The first call of a bucket warms up (one forward and backward whose statistics
   updates are undone, as ``torch.cuda.make_graphed_callables`` does), captures, then
-  replays. All of it runs on one side stream of the encoder (see
-  :meth:`EncoderGraphs.run`). Buffers (IMLS statistics) and dropout draws advance on
-  every replay as in eager execution.
+  replays, on one side stream of the encoder (:meth:`EncoderGraphs.run`). Buffers (IMLS
+  statistics) and dropout draws advance on every replay as in eager execution.
 * Gradients: the backward graph writes parameter gradients into one buffer shared by
   all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
 * Under ``torch.distributed`` with NCCL (:mod:`.ranks` says what it changes;
@@ -87,7 +87,7 @@ class _Entry:
 
 class _Replay(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, graphs, entry, out_frames, xs, ilens, *params):
+    def forward(ctx, graphs, entry, xs, ilens, *params):
         batch, frames = xs.shape[:2]
         entry.xs.zero_()
         entry.xs[:batch, :frames].copy_(xs)
@@ -96,8 +96,9 @@ class _Replay(torch.autograd.Function):
         entry.forward_graph.replay()
         ctx.graphs, ctx.entry, ctx.batch, ctx.frames = graphs, entry, batch, frames
         if entry.backward_graph is not None:
-            graphs.pending = weakref.ref(ctx.graphs.token(ctx))
-        return entry.out[:batch, :out_frames].clone()
+            ctx.token = _Token()
+            graphs.pending = weakref.ref(ctx.token)
+        return entry.out[:batch, :frames].clone()
 
     @staticmethod
     def backward(ctx, grad):
@@ -111,7 +112,7 @@ class _Replay(torch.autograd.Function):
         grad_xs = None
         if entry.grad_xs is not None:
             grad_xs = entry.grad_xs[:batch, :ctx.frames].clone()
-        return (None, None, None, grad_xs, None, *grads)
+        return (None, None, grad_xs, None, *grads)
 
 
 class _Token:
@@ -144,10 +145,6 @@ class EncoderGraphs:
     def __setstate__(self, state):
         self.__init__()
 
-    def token(self, ctx) -> _Token:
-        ctx.token = _Token()
-        return ctx.token
-
     def grad_views(self) -> Dict[int, torch.Tensor]:
         """Parameter id -> its slice of the shared gradient buffer."""
         return {id(p): g.view_as(p) for flat, params, sizes in self.grad_layout.values()
@@ -164,10 +161,12 @@ class EncoderGraphs:
         core: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         xs: torch.Tensor,
         ilens: torch.Tensor,
-        out_frames: Callable[[int], int],
+        frame_scale: int = 1,
     ) -> Optional[torch.Tensor]:
-        """``core(xs, ilens)[:, :out_frames(T)]``, through a graph where possible; None
-        when the caller should run its own eager path (hooks, or graphs turned off).
+        """``core(xs, ilens)`` (B, T, ...) for ``xs`` (B, T, ...), through a graph where
+        possible; None when the caller should run its own eager path (hooks, or graphs
+        turned off). ``xs`` has ``frame_scale`` input frames per frame (a subsampling
+        input layer's output): its bucket is :func:`bucket_frames` of ``T * frame_scale``.
 
         Every call runs on one side stream of the encoder, eager or graphed, so the
         autograd nodes of the parameters never hold another stream (a capture whose
@@ -187,13 +186,13 @@ class EncoderGraphs:
         current = torch.cuda.current_stream(xs.device)
         self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
-            out = self._run(module, core, xs, ilens, out_frames, batch, frames, eager)
+            out = self._run(module, core, xs, ilens, batch, frames, eager, frame_scale)
         current.wait_stream(self.stream)
         out.record_stream(current)
         return out
 
-    def _run(self, module, core, xs, ilens, out_frames, batch, frames, eager):
-        batch, frames = bucket_batch(batch), bucket_frames(frames)
+    def _run(self, module, core, xs, ilens, batch, frames, eager, scale):
+        batch, frames = bucket_batch(batch), bucket_frames(frames, scale)
         if batch is None or frames is None or eager:
             return core(xs, ilens)
         signature = self.watch.signature()
@@ -208,7 +207,7 @@ class EncoderGraphs:
         if entry is None:
             if len(self.entries) >= MAX_GRAPHS:
                 return core(xs, ilens)
-            reserved, start = torch.cuda.memory_reserved(xs.device), time.perf_counter()
+            reserved, start = torch.cuda.memory_reserved(), time.perf_counter()
             try:
                 entry = self._capture(module, core, xs, ilens, batch, frames, backward)
             except Exception as error:  # any capture problem: eager from now on
@@ -216,12 +215,12 @@ class EncoderGraphs:
                 self.disabled = True
                 return core(xs, ilens)
             self.entries[key] = entry
-            logging.info("spiking encoder: CUDA graph %d (batch %d x %d frames, backward %s) "
-                         "captured in %.2f s; CUDA memory reserved %.2f -> %.2f GiB",
-                         len(self.entries), batch, frames, backward, time.perf_counter() - start,
-                         reserved / 2**30, torch.cuda.memory_reserved(xs.device) / 2**30)
+            logging.info("spiking encoder: CUDA graph %d (%d x %d frames, backward %s) in %.2f"
+                         " s; reserved %.2f -> %.2f GiB", len(self.entries), batch, frames,
+                         backward, time.perf_counter() - start, reserved / 2**30,
+                         torch.cuda.memory_reserved() / 2**30)
         params = entry.params if backward else []
-        return _Replay.apply(self, entry, out_frames(xs.size(1)), xs, ilens, *params)
+        return _Replay.apply(self, entry, xs, ilens, *params)
 
     def _capture(self, module, core, xs, ilens, batch, frames, backward) -> _Entry:
         entry = _Entry(batch, frames, xs, ilens)
