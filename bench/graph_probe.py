@@ -89,7 +89,8 @@ def run_case(case):
             q = torch.randn(8, 4, 127, 64, device=device, requires_grad=True)
             capture(fwdbwd(lambda: chunked_softmax_context(q, q, q, valid, 0.98, 64), [q]))
         elif case == "encoder_fwdbwd_warm":
-            capture(fwdbwd(lambda: encoder._graph_core(xs, lengths), params))
+            capture(fwdbwd(lambda: encoder._graph_core(*encoder.embed_input(xs, lengths)[:2]),
+                           params))
         elif case.startswith("encoder_graphs"):
             mode = case[len("encoder_graphs_"):] or "thread_local"
             os.environ["IMLSPIKE_CAPTURE_MODE"] = mode

@@ -14,9 +14,10 @@ Each fast path computes what the reference modules compute (``neurons.py``,
   On CUDA the softmax weights (decay, scale, padding, softmax) are one Triton kernel,
   :mod:`.attention_kernels`, bit-identical to the PyTorch operations.
 * :mod:`.block`: the spiking block of Eq. 4 built from the two above.
-* :mod:`.graphs`: on CUDA, the whole encoder forward and backward replayed as CUDA
-  graphs, one per bucket of (batch, length) shapes (lengths rounded up, padding
-  invariance makes the valid outputs unchanged): no kernel launch overhead, no compiler.
+* :mod:`.graphs`: on CUDA, the encoder's blocks (forward and backward) replayed as CUDA
+  graphs after the eager input layer, one per bucket of (batch, length) shapes (lengths
+  rounded up, padding invariance makes the valid outputs unchanged): no kernel launch
+  overhead, no compiler.
   :mod:`.buckets` holds the bucket shapes; :mod:`.ranks` what the graphs need under
   ``torch.distributed`` (NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` turns them off there).
 
