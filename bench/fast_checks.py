@@ -95,11 +95,13 @@ class PaddedBlocks(torch.nn.Module):
         self.encoder = encoder
 
     def forward(self, xs, lengths):
+        from espnet_imlspike.encoders.common import SUBSAMPLING
         from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
 
         encoder = self.encoder
         embedded, olens, _ = encoder.embed_input(xs, lengths)
-        batch, frames = bucket_batch(xs.size(0)), -(-bucket_frames(embedded.size(1) * 4) // 4)
+        batch = bucket_batch(xs.size(0))
+        frames = bucket_frames(embedded.size(1), SUBSAMPLING.get(encoder.input_layer, 1))
         padded = embedded.new_zeros(batch, frames, embedded.size(-1))
         padded[:xs.size(0), :embedded.size(1)] = embedded
         padded_lengths = olens.new_zeros(batch)

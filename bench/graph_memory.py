@@ -47,13 +47,17 @@ def _mark_after_warm_up():
     EncoderGraphs._warm_up = staticmethod(marked)
 
 
+def after_warm_up(trace):
+    """The events after the last warm-up mark (the capture), or all without a mark."""
+    marks = [i for i, e in enumerate(trace) if e["action"] == "alloc"
+             and e["size"] == MARK_BYTES]
+    return trace[marks[-1] + 1:] if marks else trace
+
+
 def live_peak(trace, top, free_action="free_requested"):
     """Peak of live bytes over the trace (from its start, or from the last warm-up mark:
     the capture only) and what lived then."""
-    marks = [i for i, e in enumerate(trace) if e["action"] == "alloc"
-             and e["size"] == MARK_BYTES]
-    if marks:
-        trace = trace[marks[-1] + 1:]
+    trace = after_warm_up(trace)
     live, current, peak, at_peak = {}, 0, 0, {}
     for event in trace:
         action, addr, size = event["action"], event["addr"], event["size"]
@@ -149,9 +153,7 @@ def main(argv=None):
 
 def big_events(trace, threshold=20 * 2**20):
     """The large allocations, frees and new segments after the last warm-up mark."""
-    marks = [i for i, e in enumerate(trace) if e["action"] == "alloc"
-             and e["size"] == MARK_BYTES]
-    trace = trace[marks[-1] + 1:] if marks else trace
+    trace = after_warm_up(trace)
     names = {}
     for i, e in enumerate(trace):
         if e["size"] >= threshold and e["action"] in ("alloc", "free_requested",

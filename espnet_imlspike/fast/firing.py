@@ -199,20 +199,20 @@ def fire_linear(
     or the spikes when ``linears`` is empty. The neuron's statistics update as in its
     own forward."""
     fused = kernels.available(x, neuron.timesteps)
-    if (not neuron.training and fused and not torch.is_grad_enabled()
-            and neuron.running_max.dtype == torch.float32):
-        # inference: the kernel takes the threshold from the running statistic itself
-        neuron._warn_if_uncalibrated()
-        spikes, _ = kernels.fire(x, neuron.running_max, neuron.timesteps,
-                                 spike_dtype(x, bool(linears)), running_eps=neuron.eps)
+    if not torch.is_grad_enabled():  # inference: nothing to save
+        dtype = spike_dtype(x, bool(linears))
+        if fused and not neuron.training and neuron.running_max.dtype == torch.float32:
+            # the kernel takes the evaluation threshold from the running statistic itself
+            neuron._warn_if_uncalibrated()
+            spikes, _ = kernels.fire(x, neuron.running_max, neuron.timesteps, dtype,
+                                     running_eps=neuron.eps)
+        elif fused:
+            spikes, _ = kernels.fire(x, imls_threshold(neuron, x, valid), neuron.timesteps,
+                                     dtype)
+        else:
+            spikes, _ = fire_with_mask(x, imls_threshold(neuron, x, valid), neuron.timesteps)
         return tuple(layer(spikes) for layer in linears) if linears else spikes
     peak = imls_threshold(neuron, x, valid)
-    if not torch.is_grad_enabled():  # inference: nothing to save
-        if fused:
-            spikes, _ = kernels.fire(x, peak, neuron.timesteps, spike_dtype(x, bool(linears)))
-        else:
-            spikes, _ = fire_with_mask(x, peak, neuron.timesteps)
-        return tuple(layer(spikes) for layer in linears) if linears else spikes
     weights = [layer.weight for layer in linears]
     biases = [layer.bias for layer in linears]
     return _FireLinear.apply(x, peak, neuron.timesteps, len(weights), *weights, *biases)
