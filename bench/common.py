@@ -1,6 +1,7 @@
 """What the encoder benchmarks share: model names, the fast-path switch per name, timing.
 
-Model names: ``transformer`` (ESPnet's TransformerEncoder), ``iml_<firing>[_linear]_t<T>``
+Model names: ``transformer`` (ESPnet's TransformerEncoder), ``no_encoder_blocks`` (the
+same without blocks: its input layer and final LayerNorm), ``iml_<firing>[_linear]_t<T>``
 (IML-Spikeformer; ``imls``/``multistep`` firing, ``_linear`` for HD-RepSSA_L),
 ``spike_driven_transformer_t6``. A suffix ``@ref`` runs the reference path (fast paths
 off, as before this work); ``@nographs`` keeps the fused modules but no CUDA graphs;
@@ -33,6 +34,8 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
     name = name.split("@")[0]
     if name == "transformer":
         return TransformerEncoder(input_size, **size)
+    if name == "no_encoder_blocks":  # what every encoder pays besides its blocks
+        return TransformerEncoder(input_size, **dict(size, num_blocks=0))
     if name == "spike_driven_transformer_t6":
         return SpikeDrivenTransformerEncoder(input_size, **size, timesteps=6)
     kind, steps = name.rsplit("_t", 1)

@@ -6,7 +6,8 @@
 #   bash bench/device_run.sh checks stock_bf16 replay long deploy
 #
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
-#        infer fixed deploy kernels stock_kernels stock_graphs
+#        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
+#        bounds_infer graph_memory
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -98,6 +99,21 @@ for t in "$@"; do
             --models transformer iml_imls_t6 --compile transformer iml_imls_t6
         task infer_fixed_fixed 120 python3 bench/train_speed.py --out $RES/infer_fixed \
             --models transformer iml_imls_t6 iml_multistep_t6 ;;
+    bounds)  # the final code beside everything bounding it, in one asr_train run
+        stock_bf16_task bounds_stock 420 transformer iml_imls_t6 iml_imls_t6@nographs \
+            no_encoder_blocks iml_multistep_t6:100 ;;
+    bounds_expandable)  # the same with the allocator's expandable segments (less slack)
+        ( export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+          stock_bf16_task bounds_expandable 360 transformer iml_imls_t6 no_encoder_blocks \
+              iml_multistep_t6:100 ) ;;
+    bounds_infer)  # inference beside its floor (input layer + final LayerNorm), both ways
+        task bounds_infer 300 python3 bench/inference_speed.py --out $RES/bounds_infer \
+            --models transformer no_encoder_blocks iml_imls_t6 \
+            --compile transformer no_encoder_blocks iml_imls_t6
+        task profile_compiled 200 python3 bench/profile_step.py --out $RES/profile --eval \
+            --compile --frames 1200 --top 30 --models transformer no_encoder_blocks iml_imls_t6
+        grep -h "^##" $RES/profile/*.txt ;;
+    graph_memory) task graph_memory 150 python3 bench/graph_memory.py --out $RES/graph_memory ;;
     deploy)
         task deploy_spike_train 120 python3 bench/deploy_divergence.py --device cuda \
             --blocks 6 --size 256 --timesteps 6

@@ -12,7 +12,8 @@ decorator). Then it registers this repository's encoders (what the installed
 ``espnet_imlspike.pth`` hook does) and runs the module as ``python -m`` would.
 
 ``IMLSPIKE_MEMORY_JSON=path`` writes the process's CUDA peak memory (allocated and
-reserved) to ``path`` at exit.
+reserved) to ``path`` at exit, with the CUDA-graph pools and the eager cache per stream
+held then.
 """
 
 import atexit
@@ -88,12 +89,24 @@ class OptionalFinder(importlib.abc.MetaPathFinder):
 
 
 def write_memory(path: str) -> None:
+    """Peaks, and what the allocator holds at exit: CUDA-graph pools (they only grow, and
+    their memory serves no eager tensor) and the eager cache per stream."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
+        segments = torch.cuda.memory_snapshot(include_traces=False)
+        pool = sum(s["total_size"] for s in segments
+                   if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0))
+        streams = {}
+        for s in segments:
+            if tuple(s.get("segment_pool_id", (0, 0))) == (0, 0):
+                streams[str(s["stream"])] = streams.get(str(s["stream"]), 0) + s["total_size"]
         Path(path).write_text(json.dumps({
             "max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
             "max_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "exit_graph_pool_gib": pool / 2**30,
+            "exit_eager_cache_gib_by_stream": {k: v / 2**30 for k, v in streams.items()},
+            "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         }))
 
 

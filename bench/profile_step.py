@@ -8,7 +8,7 @@ whose wall time is far above its kernel time is bound by the CPU (kernel launche
 training-mode forwards), as ``inference_speed.py`` times it.
 
     python bench/profile_step.py --out bench/out --dtype bfloat16
-    python bench/profile_step.py --out bench/out --eval --frames 1200
+    python bench/profile_step.py --out bench/out --eval --frames 1200 [--compile]
 """
 
 import argparse
@@ -36,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--eval", action="store_true", help="profile inference calls")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --eval: the torch.compile'd model (compiled first)")
     args = parser.parse_args(argv)
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     generator = torch.Generator().manual_seed(0)
@@ -64,11 +66,12 @@ def main(argv=None):
                     for _ in range(3):
                         model(xs, lengths)
                 model.eval()
+                forward = torch.compile(model) if args.compile else model
 
                 def step():  # noqa: F811 (the inference call replaces the training step)
                     with torch.no_grad(), torch.autocast("cuda", dtype=dtype,
                                                          enabled=dtype != torch.float32):
-                        model(xs, lengths)
+                        forward(xs, lengths)
 
             for _ in range(4):
                 step()
@@ -96,11 +99,13 @@ def main(argv=None):
         text += [f"{e.self_device_time_total / 3 / 1e3:8.2f} ms {e.count // 3:5d}x "
                  f"{e.key[:90]}" for e in top]
         print("\n".join(text[-args.top - 1:]), flush=True)
-        del model, optimizer, prof
+        del model, optimizer, prof, step
+        torch._dynamo.reset()
         torch.cuda.empty_cache()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"profile_{'eval_' if args.eval else ''}{args.dtype}"
+        stem = (f"profile_{'eval_' if args.eval else ''}"
+                f"{'compiled_' if args.eval and args.compile else ''}{args.dtype}")
         (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
         (args.out / f"{stem}.txt").write_text("\n".join(text) + "\n")
 
