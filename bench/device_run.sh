@@ -99,9 +99,13 @@ for t in "$@"; do
             --models transformer iml_imls_t6 --compile transformer iml_imls_t6
         task infer_fixed_fixed 120 python3 bench/train_speed.py --out $RES/infer_fixed \
             --models transformer iml_imls_t6 iml_multistep_t6 ;;
-    bounds)  # the final code beside everything bounding it, in one asr_train run
-        stock_bf16_task bounds_stock 420 transformer iml_imls_t6 iml_imls_t6@nographs \
-            no_encoder_blocks iml_multistep_t6:100 ;;
+    bounds)  # the final code beside everything bounding it, in one asr_train run; Triton's
+        # disk cache emptied first (cold one-time cost), the default again with it filled
+        rm -rf ~/.triton/cache
+        stock_bf16_task bounds_stock 480 transformer iml_imls_t6 iml_imls_t6:300 \
+            iml_imls_t6@nographs no_encoder_blocks iml_multistep_t6:100
+        find ~/.triton/cache -name "*.cubin" | sed 's|.*/||' | sort | uniq -c \
+            > $RES/bounds_stock/triton_cubins.txt; cat $RES/bounds_stock/triton_cubins.txt ;;
     bounds_expandable)  # the same with the allocator's expandable segments (less slack)
         ( export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
           stock_bf16_task bounds_expandable 360 transformer iml_imls_t6 no_encoder_blocks \

@@ -117,21 +117,26 @@ def graphs_vs_eager(device, dtype, size):
     graphed, reference = copy.deepcopy(eager), copy.deepcopy(eager)
     padded = PaddedBlocks(eager)
     xs, lengths = batch(device)
-    runs = {}
-    for name, model, mode, graphs in (("eager_padded", padded, "1", False),
-                                      ("graphed", graphed, "1", True),
-                                      ("reference", reference, "0", False)):
-        # three warm-up steps (graphs: eager run, capture, replay), then two steps
-        # accumulated into .grad
-        steps(model, xs, lengths, mode, dtype, 3, graphs=graphs)
-        runs[name] = steps(model, xs, lengths, mode, dtype, 2, zero_grad=False, graphs=graphs)
-    olens = runs["graphed"][2]
-    results = {
-        "graphed_vs_eager_same_padded_shapes": compare(runs["eager_padded"], runs["graphed"],
-                                                       olens),
-        "graphed_vs_reference_unpadded": compare(runs["reference"], runs["graphed"], olens),
-    }
+    results = {}
+    # the first bucket warms up before its capture, the second (another shape, same
+    # mode) is captured without one
+    second = batch(device, lengths=(1000, 990, 700, 650, 300))
+    for prefix, (xs_b, lengths_b) in (("", (xs, lengths)), ("second_bucket_", second)):
+        runs = {}
+        for name, model, mode, graphs in (("eager_padded", padded, "1", False),
+                                          ("graphed", graphed, "1", True),
+                                          ("reference", reference, "0", False)):
+            # three steps (graphs: capture and replays), then two accumulated into .grad
+            steps(model, xs_b, lengths_b, mode, dtype, 3, graphs=graphs)
+            runs[name] = steps(model, xs_b, lengths_b, mode, dtype, 2, zero_grad=False,
+                               graphs=graphs)
+        olens = runs["graphed"][2]
+        results[prefix + "graphed_vs_eager_same_padded_shapes"] = compare(
+            runs["eager_padded"], runs["graphed"], olens)
+        results[prefix + "graphed_vs_reference_unpadded"] = compare(
+            runs["reference"], runs["graphed"], olens)
     results["graphs_captured"] = len(graphed._graphs.entries)
+    results["modes_warmed_up"] = len(graphed._graphs.warmed)
     for model in (eager, graphed):
         model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype,

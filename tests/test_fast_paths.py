@@ -285,6 +285,38 @@ def test_graphs_are_not_copied_with_the_model():
     assert copy.deepcopy(encoder)._graphs.entries == {}
 
 
+def test_graph_captures_warm_up_once_per_mode_and_fall_back_to_a_warm_up(monkeypatch,
+                                                                         caplog):
+    """The capture decisions (the captures themselves need a GPU: bench/fast_checks.py
+    compares a bucket captured without a warm-up with the reference there)."""
+    from espnet_imlspike.fast.graphs import EncoderGraphs
+
+    attempts, failing = [], set()
+
+    def capture(self, module, core, xs, ilens, batch, frames, backward, warm):
+        attempts.append((batch, warm))
+        if warm in failing:
+            raise RuntimeError(f"capture failed (warm={warm})")
+        return f"entry {batch}"
+
+    monkeypatch.setattr(EncoderGraphs, "_capture", capture)
+    graphs = EncoderGraphs()
+
+    def new_bucket(batch, mode="train"):
+        return graphs._capture_or_none(None, None, None, None, batch, 64, True, mode)
+
+    assert new_bucket(8) == "entry 8" and attempts == [(8, True)]
+    assert new_bucket(16) == "entry 16" and attempts[-1] == (16, False)
+    assert new_bucket(16, mode="eval") == "entry 16" and attempts[-1] == (16, True)
+    failing.add(False)  # a capture without warm-up fails: retried with one
+    assert new_bucket(20) == "entry 20" and attempts[-2:] == [(20, False), (20, True)]
+    assert not graphs.disabled
+    failing.add(True)  # both fail: eager from now on, with a warning naming the error
+    assert new_bucket(24) is None and attempts[-2:] == [(24, False), (24, True)]
+    assert graphs.disabled and "capture failed (warm=True)" in caplog.text
+    assert new_bucket(8, mode="fp32") is None and attempts[-1] == (8, True)
+
+
 @pytest.mark.slow
 def test_bench_scripts_smoke_on_cpu(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")

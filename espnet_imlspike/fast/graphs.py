@@ -13,10 +13,13 @@ workspaces, the step's largest, then share the eager cache instead of every grap
   frames, padded keys get weight 0; extra utterances have length 0), up to the rounding
   of matrix products of another shape. Inputs longer than :data:`~.buckets.MAX_FRAMES`,
   or more than :data:`MAX_GRAPHS` buckets, run eagerly. Each capture is logged (INFO).
-* The first call of a bucket warms up (one forward and backward whose statistics
-  updates are undone, as ``torch.cuda.make_graphed_callables`` does), captures, then
-  replays, on one side stream of the encoder (:meth:`EncoderGraphs.run`). Buffers (IMLS
-  statistics) and dropout draws advance on every replay as in eager execution.
+* The first call of a bucket captures, then replays, on one side stream of the encoder
+  (:meth:`EncoderGraphs.run`). The first capture of each mode (dtype, training,
+  autocast, ...) is preceded by a warm-up (one forward and backward whose statistics
+  updates are undone, as ``torch.cuda.make_graphed_callables`` does); later buckets,
+  which launch the same kernels at other shapes, capture directly, and warm up only if
+  that fails. Buffers (IMLS statistics) and dropout draws advance on every replay as in
+  eager execution.
 * Gradients: the backward graph writes parameter gradients into one buffer shared by
   all buckets; the autograd node returns copies, so ``.grad`` accumulates normally.
 * Under ``torch.distributed`` with NCCL (:mod:`.ranks` says what it changes;
@@ -37,36 +40,11 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
+from espnet_imlspike.fast.graph_watch import GraphWatch
 from espnet_imlspike.fast.ranks import agree_across_ranks, in_process_group, parameter_aliases
 from espnet_imlspike.neurons import rank_local_maxima
 
 MAX_GRAPHS = 32
-
-
-class _Watch:
-    """The tensors a graph reads by address (parameters, buffers, positional-encoding
-    tables) and the hooks that would be skipped, read off a module's structure once."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.modules = list(module.modules())
-        self.slots = []
-        for m in self.modules:
-            self.slots += [(m._parameters, name) for name in m._parameters]
-            self.slots += [(m._buffers, name) for name in m._buffers]
-            if isinstance(m.__dict__.get("pe"), torch.Tensor):
-                self.slots.append((m.__dict__, "pe"))
-
-    def signature(self):
-        tensors = [slot[name] for slot, name in self.slots]
-        return tuple((t.data_ptr(), t.dtype, t.requires_grad) for t in tensors
-                     if t is not None)
-
-    def hooked(self) -> bool:
-        from torch.nn.modules import module as module_mod
-
-        if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
 
 
 class _Entry:
@@ -125,13 +103,14 @@ class EncoderGraphs:
     def __init__(self):
         self._reset()
         self.disabled = False
-        self.watch: Optional[_Watch] = None
+        self.watch: Optional[GraphWatch] = None
         self.stream: Optional[torch.cuda.Stream] = None
 
     def _reset(self):
         self.entries: Dict[tuple, _Entry] = {}
         self.signature = None
         self.pool = None
+        self.warmed = set()  # modes (key without the shape) warmed up on this stream
         self.pending = None
         self.grad_layout: Dict[torch.dtype, tuple] = {}
 
@@ -173,7 +152,7 @@ class EncoderGraphs:
         backward would have to wait on another stream fails).
         """
         if self.watch is None:
-            self.watch = _Watch(module)
+            self.watch = GraphWatch(module)
         refuse = self.disabled or self.watch.hooked()
         batch, frames = xs.size(0), xs.size(1)
         eager = refuse or (self.pending is not None and self.pending() is not None)
@@ -208,11 +187,9 @@ class EncoderGraphs:
             if len(self.entries) >= MAX_GRAPHS:
                 return core(xs, ilens)
             reserved, start = torch.cuda.memory_reserved(), time.perf_counter()
-            try:
-                entry = self._capture(module, core, xs, ilens, batch, frames, backward)
-            except Exception as error:  # any capture problem: eager from now on
-                logging.warning("CUDA graphs of the spiking encoder turned off: %s", error)
-                self.disabled = True
+            entry = self._capture_or_none(module, core, xs, ilens, batch, frames, backward,
+                                          mode=key[2:])
+            if entry is None:
                 return core(xs, ilens)
             self.entries[key] = entry
             logging.info("spiking encoder: CUDA graph %d (%d x %d frames, backward %s) in %.2f"
@@ -222,7 +199,23 @@ class EncoderGraphs:
         params = entry.params if backward else []
         return _Replay.apply(self, entry, xs, ilens, *params)
 
-    def _capture(self, module, core, xs, ilens, batch, frames, backward) -> _Entry:
+    def _capture_or_none(self, module, core, xs, ilens, batch, frames, backward, mode):
+        """A bucket's graphs. The first capture of a mode (dtype, training, autocast, ...)
+        warms up first; later ones (new shapes, same kernels) only if capturing without
+        fails: a warm-up's eager step beside a full cache set the peak reserved memory.
+        None, and graphs off for the encoder (eager from now on), where both fail."""
+        for warm in ([False, True] if mode in self.warmed else [True]):
+            try:
+                entry = self._capture(module, core, xs, ilens, batch, frames, backward, warm)
+                self.warmed.add(mode)
+                return entry
+            except Exception as error:
+                failure = error
+        logging.warning("CUDA graphs of the spiking encoder turned off: %s", failure)
+        self.disabled = True
+        return None
+
+    def _capture(self, module, core, xs, ilens, batch, frames, backward, warm) -> _Entry:
         entry = _Entry(batch, frames, xs, ilens)
         with torch.no_grad():
             entry.xs[:xs.size(0), :xs.size(1)].copy_(xs)
@@ -240,13 +233,15 @@ class EncoderGraphs:
         # under a process group the capture differentiates storage-sharing aliases (.ranks)
         with (parameter_aliases(module) if in_process_group()
               else contextlib.nullcontext(real)) as leaves:
-            self._capture_graphs(module, core, xs, entry, autocast, backward,
+            self._capture_graphs(module, core, xs, entry, autocast, backward, warm,
                                  [real[i] for i in trained], [leaves[i] for i in trained])
         return entry
 
-    def _capture_graphs(self, module, core, xs, entry, autocast, backward, params, leaves):
+    def _capture_graphs(self, module, core, xs, entry, autocast, backward, warm, params,
+                        leaves):
         targets = leaves + ([entry.xs] if xs.requires_grad else [])
-        self._warm_up(module, core, entry, autocast, targets)
+        if warm:
+            self._warm_up(module, core, entry, autocast, targets)
         out = self._captured(entry.forward_graph, lambda: core(entry.xs, entry.ilens),
                              autocast)
         entry.out = out.detach()
@@ -273,7 +268,8 @@ class EncoderGraphs:
             self._captured(entry.backward_graph, run_backward, None)
             entry.grad_xs = holder.get("xs")
         del out
-        torch.cuda.empty_cache()  # the warm-up's blocks, cached for the side stream only
+        if warm:
+            torch.cuda.empty_cache()  # the warm-up's blocks, cached for the side stream only
 
     @staticmethod
     def _warm_up(module, core, entry, autocast, targets):
