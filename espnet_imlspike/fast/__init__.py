@@ -18,8 +18,9 @@ Each fast path computes what the reference modules compute (``neurons.py``,
   graphs after the eager input layer, one per bucket of (batch, length) shapes (lengths
   rounded up, padding invariance makes the valid outputs unchanged): no kernel launch
   overhead, no compiler.
-  :mod:`.buckets` holds the bucket shapes; :mod:`.ranks` what the graphs need under
-  ``torch.distributed`` (NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` turns them off there).
+  :mod:`.buckets` holds the bucket shapes, :mod:`.graph_watch` what a graph depends on
+  beyond its inputs (tensors read by address, hooks); :mod:`.ranks` what the graphs need
+  under ``torch.distributed`` (NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` turns them off there).
 
 Switch: the environment variable ``IMLSPIKE_FAST`` (``auto``, the default: on for CUDA
 tensors, off on the CPU; ``1``: on everywhere, as the tests use it; ``0``: off), or
