@@ -349,3 +349,41 @@ def test_parameter_aliases_share_storage_and_give_the_same_gradients():
     assert torch.equal(aliased, out)
     assert all(torch.equal(g, e) for g, e in zip(grads, expected))
     assert all(a is p for a, p in zip(encoder.parameters(), real))  # originals back
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_layer_norm_keeping_the_half_precision_input_equals_autocasts(dtype):
+    """What CUDA's autocast does with a half-precision input (a float32 copy into
+    LayerNorm), against _CastLayerNorm: same output and gradients bit for bit, while
+    backward keeps the input itself instead of the float32 copy."""
+    from espnet_imlspike.fast.layer_norm import _CastLayerNorm, layer_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(48, eps=1e-12)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (torch.randn(3, 17, 48) * 5 + 2).to(dtype)
+    grad = torch.randn(3, 17, 48)
+    results = []
+    for fused in (False, True):
+        leaf = x.clone().requires_grad_()
+        norm.zero_grad(set_to_none=True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append((t.dtype, t.shape)) or t, lambda t: t):
+            out = (_CastLayerNorm.apply(leaf, norm.weight, norm.bias, norm.eps) if fused
+                   else torch.nn.functional.layer_norm(leaf.float(), (48,), norm.weight,
+                                                       norm.bias, norm.eps))
+        out.backward(grad)
+        results.append((out, leaf.grad, norm.weight.grad, norm.bias.grad, saved))
+    (ref, *ref_grads, ref_saved), (out, *grads, fused_saved) = results
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+    assert grads[0].dtype == dtype
+    assert (torch.float32, x.shape) in ref_saved  # autocast's copy
+    assert (torch.float32, x.shape) not in fused_saved and (dtype, x.shape) in fused_saved
+    # on the CPU autocast normalises in the input's dtype: the module itself runs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer_norm(norm, x.to(torch.bfloat16)),
+                           norm(x.to(torch.bfloat16)))

@@ -9,7 +9,9 @@ differs is what autograd keeps:
   counts and STE masks in one byte per element instead of two float tensors;
 * softmax HD-RepSSA keeps only Q, K and V_s (the map is rebuilt in backward,
   :mod:`.long_attention`), at every length; linear HD-RepSSA uses the explicit map up to
-  :data:`~.long_attention.LONG_MAP_ELEMENTS` and the chunked recurrence beyond.
+  :data:`~.long_attention.LONG_MAP_ELEMENTS` and the chunked recurrence beyond;
+* the LayerNorms keep a half-precision residual stream as it is, not autocast's float32
+  copy (:mod:`.layer_norm`).
 
 Blocks this path does not cover (MLS or multi-step neurons, SDSA-3, subclasses such as
 the streaming attention, attention-weight dropout, hooks) run their reference forward.
@@ -19,6 +21,7 @@ import torch
 
 from espnet_imlspike.attention import HDRepSSA, merge_heads, split_heads
 from espnet_imlspike.fast.firing import fire_linear
+from espnet_imlspike.fast.layer_norm import layer_norm
 from espnet_imlspike.fast.long_attention import (
     chunked_softmax_context,
     decayed_linear_context,
@@ -58,7 +61,7 @@ def block_forward(
     """``block(x, valid)`` on the fast path (see the module docstring)."""
     attn, mlp = block.self_attn, block.feed_forward
     before = block.normalize_before
-    branch_in = block.norm1(x) if before else x
+    branch_in = layer_norm(block.norm1, x) if before else x
     q, k, v = fire_linear(block.attn_input_neuron, branch_in, valid,
                           (attn.linear_q, attn.linear_k, attn.linear_v))
     values = fire_linear(attn.value_neuron, v, valid)
@@ -68,11 +71,11 @@ def block_forward(
                          (attn.linear_out,))
     x = x + block.dropout(out)
     if not before:
-        x = block.norm1(x)
-    branch_in = block.norm2(x) if before else x
+        x = layer_norm(block.norm1, x)
+    branch_in = layer_norm(block.norm2, x) if before else x
     (hidden,) = fire_linear(block.mlp_input_neuron, branch_in, valid, (mlp.w_1,))
     (out,) = fire_linear(mlp.hidden_neuron, hidden, valid, (mlp.w_2,))
     x = x + block.dropout(out)
     if not before:
-        x = block.norm2(x)
+        x = layer_norm(block.norm2, x)
     return x
