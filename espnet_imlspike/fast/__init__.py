@@ -13,7 +13,8 @@ Each fast path computes what the reference modules compute (``neurons.py``,
   chunked two-way recurrence), used when the explicit (L, L) map would be large.
   On CUDA the softmax weights (decay, scale, padding, softmax) are one Triton kernel,
   :mod:`.attention_kernels`, bit-identical to the PyTorch operations.
-* :mod:`.block`: the spiking block of Eq. 4 built from the two above.
+* :mod:`.block`: the spiking block of Eq. 4 built from the two above, with
+  :mod:`.layer_norm` (LayerNorms that keep a half-precision input as it came).
 * :mod:`.graphs`: on CUDA, the encoder's blocks (forward and backward) replayed as CUDA
   graphs after the eager input layer, one per bucket of (batch, length) shapes (lengths
   rounded up, padding invariance makes the valid outputs unchanged): no kernel launch
