@@ -117,6 +117,16 @@ for t in "$@"; do
         task profile_compiled 200 python3 bench/profile_step.py --out $RES/profile --eval \
             --compile --frames 1200 --top 30 --models transformer no_encoder_blocks iml_imls_t6
         grep -h "^##" $RES/profile/*.txt ;;
+    memory_trace)  # where the reserved memory is when it peaks (allocator history; slow)
+        ( export IMLSPIKE_MEMORY_TRACE=1
+          stock_bf16_task memory_trace 420 iml_imls_t6 no_encoder_blocks transformer )
+        for d in /tmp/memory_trace/*_bf16; do cp $d/memory.trace.json \
+            $RES/memory_trace/$(basename $d).trace.json; done
+        python3 -c "import json,glob
+for f in sorted(glob.glob('$RES/memory_trace/*.trace.json')):
+    d = json.load(open(f)); print(f.split('/')[-1], round(d['peak_reserved_gib'], 2),
+        d['complete'], {k: round(v, 2) for k, v in d['reserved_by_place_gib'].items()},
+        {k: round(v, 2) for k, v in d['allocated_by_place_gib'].items()})" ;;
     graph_memory) task graph_memory 150 python3 bench/graph_memory.py --out $RES/graph_memory ;;
     deploy)
         task deploy_spike_train 120 python3 bench/deploy_divergence.py --device cuda \

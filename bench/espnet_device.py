@@ -13,7 +13,8 @@ decorator). Then it registers this repository's encoders (what the installed
 
 ``IMLSPIKE_MEMORY_JSON=path`` writes the process's CUDA peak memory (allocated and
 reserved) to ``path`` at exit, with the CUDA-graph pools and the eager cache per stream
-held then.
+held then. With ``IMLSPIKE_MEMORY_TRACE=1`` also ``*.trace.json``: where the reserved
+memory was (per stream, CUDA-graph pools apart) when it peaked, from the allocator's history.
 """
 
 import atexit
@@ -110,6 +111,54 @@ def write_memory(path: str) -> None:
         }))
 
 
+def write_memory_trace(path: str) -> None:
+    """From the allocator's history of the whole run (``IMLSPIKE_MEMORY_TRACE=1``): the
+    reserved and allocated bytes per stream (CUDA-graph pools apart) at the moment the
+    reserved total peaked, and the largest segments held then."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    snapshot = torch.cuda.memory._snapshot()
+    trace = snapshot["device_traces"][torch.cuda.current_device()]
+    in_pools = {s["address"] for s in snapshot["segments"]
+                if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)}
+    segments, allocated, best, total = {}, {}, {"reserved": -1}, 0
+    for index, event in enumerate(trace):
+        action, address, size = event["action"], event["addr"], event["size"]
+        where = "graph pool" if address in in_pools else f"stream {event['stream']}"
+        if action in ("segment_alloc", "segment_map"):
+            segments[address] = (size, where)
+            total += size
+        elif action in ("segment_free", "segment_unmap"):
+            total -= segments.pop(address, (0, None))[0]
+        elif action == "alloc":
+            allocated[where] = allocated.get(where, 0) + size
+        elif action == "free_completed":
+            allocated[where] = allocated.get(where, 0) - size
+        else:
+            continue
+        if total > best["reserved"]:
+            by_place = {}
+            for size, place in segments.values():
+                by_place[place] = by_place.get(place, 0) + size
+            best = {"reserved": total, "event": index, "reserved_by_place": by_place,
+                    "allocated_by_place": dict(allocated),
+                    "largest_segments": sorted(segments.values(), reverse=True)[:40]}
+    gib = lambda d: {k: v / 2**30 for k, v in d.items()}  # noqa: E731
+    Path(path).write_text(json.dumps({
+        "events": len(trace), "complete": len(trace) < TRACE_ENTRIES,
+        "peak_reserved_gib": best["reserved"] / 2**30, "peak_event": best.get("event"),
+        "reserved_by_place_gib": gib(best.get("reserved_by_place", {})),
+        "allocated_by_place_gib": gib(best.get("allocated_by_place", {})),
+        "largest_segments_mib": [(size / 2**20, place)
+                                 for size, place in best.get("largest_segments", [])],
+    }, indent=1))
+
+
+TRACE_ENTRIES = 6_000_000
+
+
 def main() -> None:
     if len(sys.argv) < 3 or sys.argv[1] != "-m":
         raise SystemExit(__doc__)
@@ -121,6 +170,13 @@ def main() -> None:
 
     if os.environ.get("IMLSPIKE_MEMORY_JSON"):
         atexit.register(write_memory, os.environ["IMLSPIKE_MEMORY_JSON"])
+        import torch
+
+        if os.environ.get("IMLSPIKE_MEMORY_TRACE") == "1" and torch.cuda.is_available():
+            torch.cuda.memory._record_memory_history(context=None,
+                                                     max_entries=TRACE_ENTRIES)
+            atexit.register(write_memory_trace, os.environ["IMLSPIKE_MEMORY_JSON"]
+                            .replace(".json", ".trace.json"))
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
