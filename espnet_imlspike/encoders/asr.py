@@ -102,14 +102,13 @@ class SpikingTransformerEncoder(AbsEncoder):
         return self.options.output_size
 
     def embed_input(
-        self, xs_pad: torch.Tensor, ilens: torch.Tensor, check: bool = True
+        self, xs_pad: torch.Tensor, ilens: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Checked input -> (embedded (B, L', D), output lengths, valid mask)."""
-        if check:
-            check_batch(
-                xs_pad, ilens, self.input_size, self.min_input_frames,
-                token_input=self.input_layer == "embed", validate_values=not self.training,
-            )
+        check_batch(
+            xs_pad, ilens, self.input_size, self.min_input_frames,
+            token_input=self.input_layer == "embed", validate_values=not self.training,
+        )
         if self.embed is None:
             xs = xs_pad
         elif self.input_layer in ("linear", "embed") or self.input_layer is None:
@@ -187,9 +186,6 @@ class SpikingTransformerEncoder(AbsEncoder):
         for block in self.encoders:
             xs = block(xs, valid)
         return self._normalise(xs)
-
-    def _out_frames(self, frames: int) -> int:
-        return int(subsampled_lengths(torch.tensor(frames), self.input_layer))
 
 
 class IMLSpikeformerEncoder(SpikingTransformerEncoder):
