@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from espnet_device import in_graph_pool  # standalone there (it runs in ESPnet's processes)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZES = {
@@ -91,6 +93,11 @@ def peak_memory(device: torch.device):
         return float("nan"), float("nan")
     return (torch.cuda.max_memory_allocated(device) / 2**30,
             torch.cuda.max_memory_reserved(device) / 2**30)
+
+
+def graph_pool_bytes() -> int:
+    """Bytes the CUDA-graph pools hold now."""
+    return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if in_graph_pool(s))
 
 
 def median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:

@@ -89,18 +89,23 @@ class OptionalFinder(importlib.abc.MetaPathFinder):
         return importlib.machinery.ModuleSpec(fullname, _InertLoader(), is_package=True)
 
 
+def in_graph_pool(segment: dict) -> bool:
+    """Whether a segment of ``torch.cuda.memory_snapshot()`` belongs to a CUDA-graph pool
+    (memory no eager tensor can use) rather than the eager cache."""
+    return tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0)
+
+
 def write_memory(path: str) -> None:
     """Peaks, and what the allocator holds at exit: CUDA-graph pools (they only grow, and
     their memory serves no eager tensor) and the eager cache per stream."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        segments = torch.cuda.memory_snapshot(include_traces=False)
-        pool = sum(s["total_size"] for s in segments
-                   if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0))
-        streams = {}
-        for s in segments:
-            if tuple(s.get("segment_pool_id", (0, 0))) == (0, 0):
+        pool, streams = 0, {}
+        for s in torch.cuda.memory_snapshot(include_traces=False):
+            if in_graph_pool(s):
+                pool += s["total_size"]
+            else:
                 streams[str(s["stream"])] = streams.get(str(s["stream"]), 0) + s["total_size"]
         Path(path).write_text(json.dumps({
             "max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -121,8 +126,7 @@ def write_memory_trace(path: str) -> None:
         return
     snapshot = torch.cuda.memory._snapshot()
     trace = snapshot["device_traces"][torch.cuda.current_device()]
-    in_pools = {s["address"] for s in snapshot["segments"]
-                if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)}
+    in_pools = {s["address"] for s in snapshot["segments"] if in_graph_pool(s)}
     segments, allocated, best, total = {}, {}, {"reserved": -1}, 0
     for index, event in enumerate(trace):
         action, address, size = event["action"], event["addr"], event["size"]

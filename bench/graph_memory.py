@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, build
+from common import SIZES, build, graph_pool_bytes
 
 OWN = ("espnet_imlspike/", "espnet2/", "espnet/", "torch/nn/", "bench/")
 
@@ -74,11 +74,6 @@ def live_peak(trace, top, free_action="free_requested"):
     return peak, [(site, size / 2**20) for site, size in sites.most_common(top)]
 
 
-def pool_bytes():
-    return sum(s["total_size"] for s in torch.cuda.memory_snapshot()
-               if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0))
-
-
 def step_memory(graphs: bool, batch: int, frames: int, dtype, top: int):
     os.environ["IMLSPIKE_CUDA_GRAPHS"] = "1" if graphs else "0"
     device = torch.device("cuda")
@@ -119,7 +114,7 @@ def step_memory(graphs: bool, batch: int, frames: int, dtype, top: int):
            "segments_allocated_mib": [round(b / 2**20, 1) for b in segments],
            "trace_actions": dict(actions),
            "reserved_growth_gib": (torch.cuda.memory_reserved() - reserved) / 2**30,
-           "graph_pool_gib": pool_bytes() / 2**30,
+           "graph_pool_gib": graph_pool_bytes() / 2**30,
            "top_sites_mib": sites}
     torch.cuda.empty_cache()
     return row

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, Clock, build, device_name, path_for, peak_memory, reset_memory
+from common import (SIZES, Clock, build, device_name, graph_pool_bytes, path_for,
+                    peak_memory, reset_memory)
 
 DEFAULT_MODELS = ["transformer", "iml_imls_t6@ref", "iml_imls_t6"]
 
@@ -60,9 +61,7 @@ def run(name, size, batches, dtype, device, warmup):
                 times.append(step.seconds)
         allocated, reserved = peak_memory(device)
     graphs = len(getattr(getattr(model, "_graphs", None), "entries", {}))
-    pool = sum(s["total_size"] for s in torch.cuda.memory_snapshot()
-               if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)) / 2**30 \
-        if device.type == "cuda" else float("nan")
+    pool = graph_pool_bytes() / 2**30 if device.type == "cuda" else float("nan")
     return {"model": name, "dtype": str(dtype)[6:], "steps": len(times),
             "total_s": total.seconds, "mean_step_s": total.seconds / len(times),
             "median_step_s_after_warmup": statistics.median(times[warmup:] or times),
