@@ -6,7 +6,8 @@ same without blocks: its input layer and final LayerNorm), ``iml_<firing>[_linea
 ``spike_driven_transformer_t6``. A suffix ``@ref`` runs the reference path (fast paths
 off, as before this work); ``@nographs`` keeps the fused modules but no CUDA graphs;
 ``@notriton`` keeps the fused modules and graphs with PyTorch operations in place of the
-Triton kernels of IMLS firing.
+Triton kernels of IMLS firing; ``@nochunk`` runs ESPnet's conv-subsampling module itself
+instead of the chunked, recomputed one (``fast/subsampling.py``).
 """
 
 import contextlib
@@ -49,7 +50,8 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
     return IMLSpikeformerEncoder(input_size, **size, timesteps=int(steps), **options)
 
 
-SUFFIX_ENVIRONMENT = {"nographs": "IMLSPIKE_CUDA_GRAPHS", "notriton": "IMLSPIKE_TRITON"}
+SUFFIX_ENVIRONMENT = {"nographs": "IMLSPIKE_CUDA_GRAPHS", "notriton": "IMLSPIKE_TRITON",
+                      "nochunk": "IMLSPIKE_CHUNKED_INPUT"}
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@
 #
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
-#        bounds_infer graph_memory
+#        bounds_infer graph_memory memory_trace chunk chunk_profile
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -127,6 +127,13 @@ for f in sorted(glob.glob('$RES/memory_trace/*.trace.json')):
     d = json.load(open(f)); print(f.split('/')[-1], round(d['peak_reserved_gib'], 2),
         d['complete'], {k: round(v, 2) for k, v in d['reserved_by_place_gib'].items()},
         {k: round(v, 2) for k, v in d['allocated_by_place_gib'].items()})" ;;
+    chunk)  # the chunked input layer (fast/subsampling.py) beside ESPnet's module, asr_train
+        stock_bf16_task chunk_stock 480 transformer iml_imls_t6 iml_imls_t6@nochunk \
+            iml_imls_t6@nographs no_encoder_blocks iml_multistep_t6:100 ;;
+    chunk_profile)  # GPU kernels of an encoder training step with and without it
+        task chunk_profile 200 python3 bench/profile_step.py --out $RES/chunk_profile \
+            --top 30 --models transformer iml_imls_t6@nochunk iml_imls_t6
+        grep -h "^##" $RES/chunk_profile/*.txt ;;
     graph_memory) task graph_memory 150 python3 bench/graph_memory.py --out $RES/graph_memory ;;
     deploy)
         task deploy_spike_train 120 python3 bench/deploy_divergence.py --device cuda \

@@ -8,6 +8,9 @@
   vs the reference on the unpadded batch (matrix products of other shapes may round
   differently);
 * memory-linear attention vs the explicit map on one 1500-frame utterance;
+* ESPnet's conv subsampling on the chunked path (:mod:`~espnet_imlspike.fast.subsampling`)
+  vs the module itself, 20 x 1536 frames: output bit for bit, gradients, and the peak
+  memory of one forward and backward of each, fp32, bf16 autocast and float64;
 * the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) vs the
   PyTorch operations it replaces, bit for bit, 1 to 1024 keys, fp32 and bf16 autocast.
 
@@ -233,7 +236,45 @@ def softmax_kernel(device):
     return results
 
 
-PARTS = ["fused", "graphs", "long", "softmax"]
+def input_layer(device, dtype, size, frames=1536, batch_size=20):
+    """The chunked input layer vs ESPnet's module: outputs, gradients, peak memory."""
+    from espnet_imlspike.fast import subsampling
+
+    torch.manual_seed(0)
+    embed = IMLSpikeformerEncoder(80, **SIZES[size]).embed.to(device).eval()  # no dropout
+    if dtype == torch.float64:
+        embed = embed.double()
+    generator = torch.Generator().manual_seed(1)
+    xs = torch.randn(batch_size, frames, 80, generator=generator)
+    xs = xs.to(device, embed.out[0].weight.dtype)
+    results = {}
+    for name, chunked in (("module", False), ("chunked", True)):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        autocast = dtype == torch.bfloat16
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast), \
+                fast_mode("1"):
+            out = subsampling.subsample(embed, xs) if chunked else embed(xs, None)[0]
+        weight = torch.linspace(-1, 1, out.size(-1), device=device, dtype=torch.float64)
+        (out.double() * weight).sum().backward()
+        torch.cuda.synchronize()
+        results[name] = (out.detach(), [p.grad.clone() for p in embed.parameters()],
+                         (torch.cuda.max_memory_allocated() - before) / 2**20)
+        embed.zero_grad(set_to_none=True)
+        del out
+    (out_a, grads_a, peak_a), (out_b, grads_b, peak_b) = results["module"], results["chunked"]
+    scale = max(g.abs().max() for g in grads_a)
+    return {
+        "output_bit_identical": bool(torch.equal(out_a, out_b)),
+        "grad_max_diff_over_max_grad": float(max((a - b).abs().max() for a, b in
+                                                 zip(grads_a, grads_b)) / scale),
+        "peak_allocated_mib_module": round(peak_a, 1),
+        "peak_allocated_mib_chunked": round(peak_b, 1),
+    }
+
+
+PARTS = ["fused", "graphs", "input", "long", "softmax"]
 
 
 def main(argv=None):
@@ -255,6 +296,11 @@ def main(argv=None):
         if "graphs" in args.parts:
             results[f"graphs_{name}"] = graphs_vs_eager(device, dtype, args.size)
             print(json.dumps(results), flush=True)
+    if "input" in args.parts and device.type == "cuda":
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                            ("fp64", torch.float64)):
+            results[f"input_layer_{name}"] = input_layer(device, dtype, args.size)
+        print(json.dumps(results), flush=True)
     if "long" in args.parts:
         results["long_attention_fp32"] = long_attention(device)
     if "softmax" in args.parts and device.type == "cuda":

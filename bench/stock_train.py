@@ -37,6 +37,8 @@ MODELS = {  # name: (config, environment, extra arguments)
     "iml_imls_t6@nographs": ("train_asr_iml_spikeformer.yaml",
                              {"IMLSPIKE_CUDA_GRAPHS": "0"}, []),
     "iml_imls_t6@notriton": ("train_asr_iml_spikeformer.yaml", {"IMLSPIKE_TRITON": "0"}, []),
+    "iml_imls_t6@nochunk": ("train_asr_iml_spikeformer.yaml",
+                            {"IMLSPIKE_CHUNKED_INPUT": "0"}, []),
     "iml_multistep_t6": ("train_asr_iml_spikeformer_ablation_multistep.yaml", {}, []),
     # the Transformer config without encoder blocks: what every model pays besides them
     "no_encoder_blocks": ("train_asr_transformer_30.35m.yaml", {},

@@ -202,7 +202,8 @@ def test_blocks_the_fast_path_does_not_cover_run_the_reference(options):
     assert not any(fast_block.supported(b) for b in encoder.encoders)
     torch.manual_seed(0)
     xs, lengths = torch.randn(2, 40, 20), torch.tensor([40, 30])
-    assert_same_training(encoder, copy.deepcopy(encoder), xs, lengths, rtol=0)
+    # gradients: the input layer's (fast.subsampling) are summed over time chunks
+    assert_same_training(encoder, copy.deepcopy(encoder), xs, lengths, rtol=1e-6)
 
 
 def test_hooked_neurons_see_every_call_on_the_fast_path():

@@ -24,6 +24,7 @@ from espnet_imlspike.encoders.common import (
     TimeFolding,
     build_spiking_blocks,
     check_batch,
+    conv_subsample,
     make_input_layer,
     minimum_input_frames,
     subsampled_lengths,
@@ -114,7 +115,7 @@ class SpikingTransformerEncoder(AbsEncoder):
         elif self.input_layer in ("linear", "embed") or self.input_layer is None:
             xs = self.embed(xs_pad)
         else:
-            xs, _ = self.embed(xs_pad, None)
+            xs = conv_subsample(self.embed, xs_pad)
         olens = subsampled_lengths(ilens, self.input_layer)
         return xs, olens, valid_frames(olens, xs.size(1))
 

@@ -25,6 +25,7 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
 from espnet_imlspike.attention import make_attention
 from espnet_imlspike.encoders.options import SpikingOptions
 from espnet_imlspike.errors import InputError
+from espnet_imlspike.fast import subsampling
 from espnet_imlspike.layers import SpikingChannelMLP, SpikingTransformerBlock
 from espnet_imlspike.neurons import SpikingNeuron, make_neuron
 
@@ -75,6 +76,14 @@ def make_input_layer(
             PositionalEncoding(size, options.positional_dropout_rate),
         )
     return None if input_size == size else torch.nn.Linear(input_size, size)
+
+
+def conv_subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
+    """``embed(xs, None)[0]`` for a conv-subsampling input layer; on the fast path in
+    time chunks recomputed in backward (:mod:`espnet_imlspike.fast.subsampling`)."""
+    if subsampling.applies(embed, xs):
+        return subsampling.subsample(embed, xs)
+    return embed(xs, None)[0]
 
 
 # input frames per output frame of ESPnet's subsampling input layers (others: 1)

@@ -27,6 +27,7 @@ from typeguard import typechecked
 from espnet_imlspike.encoders.common import (
     CONV_SUBSAMPLING,
     check_batch,
+    conv_subsample,
     minimum_input_frames,
     subsampled_lengths,
     valid_frames,
@@ -132,7 +133,7 @@ class SMLPEncoder(AbsEncoder):
         if self.embed is None:
             xs = xs_pad
         else:
-            xs, _ = self.embed(xs_pad, None)
+            xs = conv_subsample(self.embed, xs_pad)
         olens = subsampled_lengths(ilens, self.input_layer)
         valid = valid_frames(olens, xs.size(1))
         out = self.readout(self.stack(xs, valid))

@@ -38,6 +38,7 @@ from espnet_imlspike.encoders.common import (
     TimeFolding,
     build_spiking_blocks,
     check_batch,
+    conv_subsample,
     make_input_layer,
     minimum_input_frames,
     subsampled_lengths,
@@ -115,7 +116,7 @@ class SpeakerEncoder(AbsEncoder):
         """
         check_batch(xs_pad, ilens, self.input_size, self.min_input_frames,
                     validate_values=not self.training)
-        xs, _ = self.embed(xs_pad, None)
+        xs = conv_subsample(self.embed, xs_pad)
         if ilens is None:
             valid = torch.ones(xs.shape[:2], dtype=torch.bool, device=xs.device)
         else:

@@ -1,0 +1,143 @@
+"""ESPnet's conv-subsampling input layers on the fast path (espnet_imlspike.fast.subsampling):
+the forward is the stock module's output bit for bit, backward recomputes the
+convolutions over time chunks (gradients equal up to the order of float sums), and
+autograd keeps only the input features instead of the feature maps."""
+
+import pytest
+import torch
+from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
+
+from espnet_imlspike.encoders.common import CONV_SUBSAMPLING
+from espnet_imlspike.fast import fast_mode, subsampling
+
+CHANNELS, FREQ = 16, 40
+
+
+def layer(name, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return CONV_SUBSAMPLING[name](FREQ, CHANNELS, 0.0, PositionalEncoding(CHANNELS, 0.0)).to(dtype)
+
+
+def geometry(embed):
+    convs = subsampling._convolutions(embed)
+    return subsampling._Geometry(tuple(c.kernel_size for c in convs),
+                                 tuple(c.stride for c in convs),
+                                 tuple(c.out_channels for c in convs))
+
+
+def grads(out, inputs, weight):
+    return torch.autograd.grad((out * weight).sum(), inputs)
+
+
+@pytest.mark.parametrize("name", sorted(CONV_SUBSAMPLING))
+@pytest.mark.parametrize("budget", [1, 20_000, 1 << 25])  # one row, a few rows, one chunk
+def test_chunked_input_layer_equals_espnets_module(name, budget, monkeypatch):
+    monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", budget)
+    embed = layer(name)
+    xs = torch.randn(3, 61, FREQ, dtype=torch.float64, requires_grad=True)
+    with fast_mode("1"):
+        assert subsampling.applies(embed, xs)
+        out = subsampling.subsample(embed, xs)
+    ref, _ = embed(xs, None)
+    assert out.shape == ref.shape and torch.equal(out, ref)
+    weight = torch.randn_like(ref)
+    inputs = [xs, *embed.parameters()]
+    for a, b in zip(grads(ref, inputs, weight), grads(out, inputs, weight)):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12 * a.abs().max().item())
+    chunks = geometry(embed).chunks(3, 61, FREQ)
+    expected = {1: ref.size(1), 1 << 25: 1}.get(budget)
+    assert len(chunks) == expected if expected else 1 < len(chunks) < ref.size(1)
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv2d6", "conv2d8"])
+def test_chunks_cover_every_output_row_once_and_read_the_rows_it_needs(name):
+    embed = layer(name)
+    xs = torch.randn(2, 97, FREQ, dtype=torch.float64)
+    with torch.no_grad():
+        full = embed.conv(xs.unsqueeze(1))
+        for budget in (1, 5_000, 40_000):
+            subsampling.ELEMENTS_PER_CHUNK, saved = budget, subsampling.ELEMENTS_PER_CHUNK
+            try:
+                chunks = geometry(embed).chunks(2, 97, FREQ)
+            finally:
+                subsampling.ELEMENTS_PER_CHUNK = saved
+            assert [c[0] for c in chunks] == [0] + [c[1] for c in chunks[:-1]]
+            assert chunks[-1][1] == full.size(2)
+            for first, end, in_first, in_end in chunks:
+                # the stock module on just these input rows gives just these output rows
+                part = embed.conv(xs[:, in_first:in_end].unsqueeze(1))
+                assert part.size(2) == end - first and in_end <= xs.size(1)
+                torch.testing.assert_close(part, full[:, :, first:end], rtol=0, atol=1e-12)
+                largest = max(t.numel() for t in _maps(embed, xs[:, in_first:in_end]))
+                assert largest <= budget or end - first == 1
+
+
+def _maps(embed, rows):
+    h, maps = rows.unsqueeze(1), []
+    for module in embed.conv:
+        h = module(h)
+        maps.append(h)
+    return maps
+
+
+def test_under_bf16_autocast_output_is_the_modules_and_gradients_close(monkeypatch):
+    monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)
+    embed = layer("conv2d", torch.float32)
+    xs = torch.randn(2, 80, FREQ)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = embed(xs, None)
+        with fast_mode("1"):
+            out = subsampling.subsample(embed, xs)
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
+    weight = torch.randn_like(ref, dtype=torch.float32)
+    params = list(embed.parameters())
+    for a, b in zip(grads(ref.float(), params, weight), grads(out.float(), params, weight)):
+        assert b.dtype == a.dtype == torch.float32
+        # bf16 partial sums per chunk: within a few bf16 roundings of the largest gradient
+        torch.testing.assert_close(b, a, rtol=0, atol=2e-2 * a.abs().max().item())
+
+
+def test_autograd_keeps_the_features_not_the_feature_maps():
+    embed = layer("conv2d", torch.float32)
+    xs = torch.randn(2, 101, FREQ)
+    params = {p.untyped_storage().data_ptr() for p in embed.parameters()}
+
+    def kept_bytes(chunked):
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), fast_mode("1"):
+            if chunked:
+                subsampling.subsample(embed, xs)
+            else:
+                embed(xs, None)
+        return sum(seen.values())
+
+    first_map = 2 * CHANNELS * ((101 - 1) // 2) * ((FREQ - 1) // 2) * 4  # (B, C, T/2, F/2)
+    flat = 2 * (((101 - 1) // 2 - 1) // 2) * CHANNELS * (((FREQ - 1) // 2 - 1) // 2) * 4
+    # chunked: the features and the output layer's input (ESPnet's Linear keeps it)
+    assert kept_bytes(True) == xs.numel() * 4 + flat
+    assert kept_bytes(False) >= kept_bytes(True) - xs.numel() * 4 + first_map
+
+
+def test_the_stock_module_runs_where_the_chunked_path_does_not_apply(monkeypatch):
+    xs = torch.randn(2, 40, FREQ)
+    embed = layer("conv2d", torch.float32)
+    with fast_mode("1"):
+        assert subsampling.applies(embed, xs)
+        monkeypatch.setenv("IMLSPIKE_CHUNKED_INPUT", "0")
+        assert not subsampling.applies(embed, xs)
+        monkeypatch.delenv("IMLSPIKE_CHUNKED_INPUT")
+        handle = embed.conv[0].register_forward_hook(lambda *a: None)  # energy counting
+        assert not subsampling.applies(embed, xs)
+        handle.remove()
+        linear = torch.nn.Sequential(torch.nn.Linear(FREQ, CHANNELS))  # input_layer linear
+        assert not subsampling.applies(linear, xs)
+    with fast_mode("0"):
+        assert not subsampling.applies(embed, xs)
+    with fast_mode("auto"):
+        assert not subsampling.applies(embed, xs)  # CPU tensors: off by default
