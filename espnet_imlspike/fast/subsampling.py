@@ -11,7 +11,8 @@ bench/README.md: 2.99 GiB reserved for 1.05 GiB allocated).
 batch's shape: bit-identical output) but keeps only the input features; backward
 recomputes the convolutions over chunks of output frames whose feature maps stay under
 :data:`ELEMENTS_PER_CHUNK` values each (a third more convolution work), channels-last
-(cuDNN's native layout in half precision: no layout conversions). Parameters and
+(cuDNN's native layout in half precision: no layout conversions), every chunk of a batch
+at one shape. Parameters and
 state-dict names are the module's; weight gradients are summed over chunks (equal up to
 the order of float sums).
 """
@@ -168,15 +169,26 @@ class _ChunkedConvolutions(torch.autograd.Function):
         wanted = [leaf for leaf in leaves if leaf.requires_grad]
         grad_xs = torch.zeros_like(xs) if ctx.needs_input_grad[0] else None
         totals = [None] * len(wanted)
+        chunks = geometry.chunks(batch, frames, freq)
+        step = chunks[0][1] - chunks[0][0]
         with torch.enable_grad(), torch.autocast(xs.device.type, dtype, enabled=autocast):
-            for first, end, in_first, in_end in geometry.chunks(batch, frames, freq):
-                rows = xs[:, in_first:in_end].detach().requires_grad_(grad_xs is not None)
+            for first, end, in_first, in_end in chunks:
+                rows, grad_out = xs[:, in_first:in_end].detach(), grad[:, first:end]
+                if end - first < step:
+                    # the last chunk zero-padded to the others' shape (one convolution
+                    # shape per batch size: cuDNN's plans are reused); the padded output
+                    # rows get zero gradient, so they add nothing
+                    missing = geometry.rows(step)[0] - rows.size(1)
+                    rows = torch.nn.functional.pad(rows, (0, 0, 0, missing))
+                    grad_out = torch.nn.functional.pad(
+                        grad_out, (0, 0, 0, 0, 0, step - (end - first)))
+                rows.requires_grad_(grad_xs is not None)
                 h = _chunk_maps(geometry, leaves, rows)
                 inputs = wanted + ([rows] if grad_xs is not None else [])
-                grads = torch.autograd.grad(h, inputs, grad[:, first:end].permute(0, 2, 1, 3))
+                grads = torch.autograd.grad(h, inputs, grad_out.permute(0, 2, 1, 3))
                 for index, g in enumerate(grads[:len(wanted)]):
                     totals[index] = g if totals[index] is None else totals[index].add_(g)
                 if grad_xs is not None:
-                    grad_xs[:, in_first:in_end] += grads[-1]
+                    grad_xs[:, in_first:in_end] += grads[-1][:, :in_end - in_first]
         by_leaf = dict(zip(map(id, wanted), totals))
         return (grad_xs, None, *[by_leaf.get(id(leaf)) for leaf in leaves])
