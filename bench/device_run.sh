@@ -7,7 +7,7 @@
 #
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
-#        bounds_infer graph_memory memory_trace chunk chunk_profile
+#        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_profile
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -117,9 +117,12 @@ for t in "$@"; do
         task profile_compiled 200 python3 bench/profile_step.py --out $RES/profile --eval \
             --compile --frames 1200 --top 30 --models transformer no_encoder_blocks iml_imls_t6
         grep -h "^##" $RES/profile/*.txt ;;
-    memory_trace)  # where the reserved memory is when it peaks (allocator history; slow)
+    memory_trace|memory_trace_iml)  # where the reserved memory is when it peaks (allocator
+        # history; slow); memory_trace_iml: the IML default only
+        models="iml_imls_t6 no_encoder_blocks transformer"
+        [ $t = memory_trace_iml ] && models=iml_imls_t6
         ( export IMLSPIKE_MEMORY_TRACE=1
-          stock_bf16_task memory_trace 420 iml_imls_t6 no_encoder_blocks transformer )
+          stock_bf16_task memory_trace 420 $models )
         for d in /tmp/memory_trace/*_bf16; do cp $d/memory.trace.json \
             $RES/memory_trace/$(basename $d).trace.json; done
         python3 -c "import json,glob
