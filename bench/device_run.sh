@@ -8,7 +8,7 @@
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
 #        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_ab
-#        chunk_profile
+#        chunk_probe chunk_profile
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -137,6 +137,8 @@ for f in sorted(glob.glob('$RES/memory_trace/*.trace.json')):
     chunk_ab)  # the default and @nochunk alternating, twice (steady-state time is noisy)
         stock_bf16_task chunk_ab 400 iml_imls_t6@nochunk iml_imls_t6 iml_imls_t6@nochunk:300 \
             iml_imls_t6:300 ;;
+    chunk_probe)  # the chunked input layer alone vs ESPnet's module (shapes, time, memory)
+        task input_probe 200 python3 bench/input_layer_probe.py --out $RES/input_probe ;;
     chunk_profile)  # GPU kernels of an encoder training step with and without it
         task chunk_profile 200 python3 bench/profile_step.py --out $RES/chunk_profile \
             --top 30 --models transformer iml_imls_t6@nochunk iml_imls_t6

@@ -7,14 +7,15 @@ allocated again with its gradient and cuDNN workspaces at each batch's own size,
 caching allocator ends up holding a segment per size it met (the floor rows of
 bench/README.md: 2.99 GiB reserved for 1.05 GiB allocated).
 
-:func:`subsample` computes the forward as the module does (the same convolutions at the
-batch's shape: bit-identical output) but keeps only the input features; backward
-recomputes the convolutions over chunks of output frames whose feature maps stay under
-:data:`ELEMENTS_PER_CHUNK` values each (a third more convolution work), channels-last
-(cuDNN's native layout in half precision: no layout conversions), every chunk of a batch
-at one shape. Parameters and
-state-dict names are the module's; weight gradients are summed over chunks (equal up to
-the order of float sums).
+:func:`subsample` runs the same convolutions over chunks of output frames whose feature
+maps stay under :data:`ELEMENTS_PER_CHUNK` values each, channels-last (cuDNN's layout in
+half precision: no layout conversions), and keeps only the input features and its own
+output (which ESPnet's output Linear keeps anyway); backward recomputes each chunk's maps
+but the last (for ``conv2d``: the first convolution, from one input channel, little
+work), every chunk of a batch at one shape. Parameters and state-dict names are the module's. The sums are the same,
+but cuDNN picks its algorithms per shape, so outputs equal the module's to rounding (not
+bit for bit: the one fast path that is not; the GPU check gives the differences), and
+weight gradients are summed over chunks.
 """
 
 import dataclasses
@@ -132,63 +133,88 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _chunk_maps(geometry: _Geometry, params, rows: torch.Tensor) -> torch.Tensor:
-    """ReLU(conv(...)) of every layer over input rows (B, rows, F), channels-last."""
-    h = rows.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-    for index, stride in enumerate(geometry.strides):
-        weight, bias = params[2 * index], params[2 * index + 1]
-        weight = weight.contiguous(memory_format=torch.channels_last)
-        h = torch.nn.functional.conv2d(h, weight, bias, stride).relu_()
+def _maps(strides, params, rows: torch.Tensor) -> torch.Tensor:
+    """ReLU(conv(...)) of the layers with these strides over input rows (B, 1, rows, F)
+    (or a previous map), channels-last: cuDNN's layout in half precision."""
+    h = rows.contiguous(memory_format=torch.channels_last)
+    for index, stride in enumerate(strides):
+        weight = params[2 * index].contiguous(memory_format=torch.channels_last)
+        h = torch.nn.functional.conv2d(h, weight, params[2 * index + 1], stride).relu_()
     return h
 
 
+def _padded(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``tensor`` zero-padded at the end of ``dim`` to ``size``."""
+    if tensor.size(dim) == size:
+        return tensor
+    pad = [0, 0] * (tensor.dim() - 1 - dim) + [0, size - tensor.size(dim)]
+    return torch.nn.functional.pad(tensor, pad)
+
+
 class _ChunkedConvolutions(torch.autograd.Function):
-    """(B, T, F) features -> (B, T', C * F') flattened maps, as ESPnet's ``out`` reads them."""
+    """(B, T, F) features -> (B, T', C * F') flattened maps, as ESPnet's ``out`` reads them.
+
+    Keeps the features and its own output (which ESPnet's output Linear keeps anyway:
+    the last ReLU's mask); backward recomputes every map but the last, chunk by chunk.
+    """
 
     @staticmethod
     def forward(ctx, xs, geometry, *params):
         device = xs.device.type
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.geometry = geometry
-        ctx.save_for_backward(xs, *params)
-        # the stock arithmetic at the batch's shape (bit-identical output); nothing kept
-        h = xs.unsqueeze(1)
-        for index, stride in enumerate(geometry.strides):
-            h = torch.nn.functional.conv2d(h, params[2 * index], params[2 * index + 1],
-                                           stride).relu_()
-        return h.transpose(1, 2).flatten(2)
+        batch, frames, freq = xs.shape
+        out = None
+        for first, end, in_first, in_end in geometry.chunks(batch, frames, freq):
+            h = _maps(geometry.strides, params, xs[:, None, in_first:in_end])
+            if out is None:
+                out = h.new_empty(batch, geometry.out_size(frames, 0), h.size(1), h.size(3))
+            out[:, first:end] = h.transpose(1, 2)
+        flat = out.flatten(2)
+        ctx.save_for_backward(xs, flat, *params)
+        return flat
 
     @staticmethod
     def backward(ctx, grad_flat):
-        xs, *params = ctx.saved_tensors
+        xs, flat, *params = ctx.saved_tensors
         geometry, (autocast, dtype) = ctx.geometry, ctx.autocast
         batch, frames, freq = xs.shape
-        grad = grad_flat.view(batch, grad_flat.size(1), geometry.channels[-1], -1)
+        channels = geometry.channels[-1]
+        out = flat.view(batch, flat.size(1), channels, -1)
+        grad = grad_flat.view(out.shape)
         leaves = [p.detach().requires_grad_(needs)
-                  for p, needs in zip(params, ctx.needs_input_grad[2:])]
+                  for p, needs in zip(params[:-2], ctx.needs_input_grad[2:-2])]
         wanted = [leaf for leaf in leaves if leaf.requires_grad]
         grad_xs = torch.zeros_like(xs) if ctx.needs_input_grad[0] else None
-        totals = [None] * len(wanted)
+        totals = [None] * (len(wanted) + 2)
         chunks = geometry.chunks(batch, frames, freq)
         step = chunks[0][1] - chunks[0][0]
+        in_rows = geometry.rows(step)[0]
+        accumulate = torch.promote_types(params[-2].dtype, torch.float32)  # last layer's
         with torch.enable_grad(), torch.autocast(xs.device.type, dtype, enabled=autocast):
             for first, end, in_first, in_end in chunks:
-                rows, grad_out = xs[:, in_first:in_end].detach(), grad[:, first:end]
-                if end - first < step:
-                    # the last chunk zero-padded to the others' shape (one convolution
-                    # shape per batch size: cuDNN's plans are reused); the padded output
-                    # rows get zero gradient, so they add nothing
-                    missing = geometry.rows(step)[0] - rows.size(1)
-                    rows = torch.nn.functional.pad(rows, (0, 0, 0, missing))
-                    grad_out = torch.nn.functional.pad(
-                        grad_out, (0, 0, 0, 0, 0, step - (end - first)))
+                # the last chunk zero-padded to the others' shape (one convolution shape
+                # per batch size: cuDNN's plans are reused); its padded output rows get
+                # zero gradient, so they add nothing
+                rows = _padded(xs[:, None, in_first:in_end].detach(), 2, in_rows)
                 rows.requires_grad_(grad_xs is not None)
-                h = _chunk_maps(geometry, leaves, rows)
+                # the last layer's ReLU from the output kept, its convolution by hand
+                grad_out = _padded(grad[:, first:end] * (out[:, first:end] > 0), 1, step)
+                below = _maps(geometry.strides[:-1], leaves, rows)
+                weight = params[-2].to(below.dtype).contiguous(
+                    memory_format=torch.channels_last)
+                grad_below, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                    grad_out.permute(0, 2, 1, 3).to(below.dtype), below, weight, [channels],
+                    list(geometry.strides[-1]), [0, 0], [1, 1], False, [0, 0], 1,
+                    [True, True, True])
                 inputs = wanted + ([rows] if grad_xs is not None else [])
-                grads = torch.autograd.grad(h, inputs, grad_out.permute(0, 2, 1, 3))
-                for index, g in enumerate(grads[:len(wanted)]):
+                grads = list(torch.autograd.grad(below, inputs, grad_below)) if inputs else []
+                for index, g in enumerate(grads[:len(wanted)] + [grad_weight, grad_bias]):
+                    g = g.to(accumulate) if index >= len(wanted) else g
                     totals[index] = g if totals[index] is None else totals[index].add_(g)
                 if grad_xs is not None:
-                    grad_xs[:, in_first:in_end] += grads[-1][:, :in_end - in_first]
+                    grad_xs[:, in_first:in_end] += grads[-1][:, 0, :in_end - in_first]
         by_leaf = dict(zip(map(id, wanted), totals))
-        return (grad_xs, None, *[by_leaf.get(id(leaf)) for leaf in leaves])
+        last = [total.to(p.dtype) if needs else None for total, p, needs in
+                zip(totals[-2:], params[-2:], ctx.needs_input_grad[-2:])]
+        return (grad_xs, None, *[by_leaf.get(id(leaf)) for leaf in leaves], *last)

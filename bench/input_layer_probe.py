@@ -1,0 +1,79 @@
+"""The chunked input layer (fast/subsampling.py) against ESPnet's Conv2dSubsampling on
+the GPU: how many of a set of ESPnet-like batch shapes give bit-identical outputs and the
+largest relative difference, and the time and peak memory of forward + backward
+(20 x 1536 frames), fp32 and bf16 autocast.
+
+    python bench/input_layer_probe.py --out bench/out
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from common import SIZES
+
+from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
+from espnet_imlspike.fast import fast_mode, subsampling  # noqa: E402
+
+SHAPES = [(1, 3000), (4, 1400), (8, 1100), (12, 900), (16, 1536), (20, 1536), (24, 1200),
+          (32, 800), (40, 700), (64, 420), (3, 333), (17, 1021)]
+
+
+def run(embed, xs, mode, autocast):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast), fast_mode("1"):
+        if mode == "module":
+            return embed(xs, None)[0]
+        return subsampling.subsample(embed, xs)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    embed = IMLSpikeformerEncoder(80, **SIZES["aishell"]).embed.cuda().eval()
+    results = {"device": torch.cuda.get_device_name()}
+    for precision, autocast in (("fp32", False), ("bf16", True)):
+        for mode in ("chunked",):
+            equal, worst = 0, 0.0
+            for batch, frames in SHAPES:
+                xs = torch.randn(batch, frames, 80, device="cuda")
+                with torch.no_grad():
+                    ref, out = run(embed, xs, "module", autocast), run(embed, xs, mode, autocast)
+                equal += bool(torch.equal(ref, out))
+                worst = max(worst, float((ref - out).abs().max() / ref.abs().max()))
+            results[f"{precision}_{mode}"] = {"bit_identical_shapes": equal,
+                                              "shapes": len(SHAPES), "max_rel_diff": worst}
+        xs = torch.randn(20, 1536, 80, device="cuda")
+        for mode in ("module", "chunked"):
+            times = []
+            for rep in range(12):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                    enable_timing=True)
+                start.record()
+                out = run(embed, xs, mode, autocast)
+                out.float().square().mean().backward()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+                embed.zero_grad(set_to_none=True)
+                del out
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            results[f"{precision}_{mode}_20x1536"] = {
+                "fwd_bwd_ms_median": sorted(times[2:])[len(times[2:]) // 2],
+                "peak_allocated_mib": round(peak, 1)}
+        print(json.dumps(results), flush=True)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "input_layer_probe.json").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
