@@ -103,8 +103,8 @@ for t in "$@"; do
     bounds)  # the final code beside everything bounding it, in one asr_train run; Triton's
         # disk cache emptied first (cold one-time cost), the default again with it filled
         rm -rf ~/.triton/cache
-        stock_bf16_task bounds_stock 480 transformer iml_imls_t6 iml_imls_t6:300 \
-            iml_imls_t6@nographs no_encoder_blocks iml_multistep_t6:100
+        stock_bf16_task bounds_stock 520 transformer iml_imls_t6 iml_imls_t6:300 \
+            iml_imls_t6@nochunk iml_imls_t6@nographs no_encoder_blocks iml_multistep_t6:100
         find ~/.triton/cache -name "*.cubin" | sed 's|.*/||' | sort | uniq -c \
             > $RES/bounds_stock/triton_cubins.txt; cat $RES/bounds_stock/triton_cubins.txt ;;
     bounds_expandable)  # the same with the allocator's expandable segments (less slack)
