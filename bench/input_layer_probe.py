@@ -28,9 +28,25 @@ def run(embed, xs, mode, autocast):
         return subsampling.subsample(embed, xs)
 
 
+def profile(embed):
+    xs = torch.randn(20, 1536, 80, device="cuda")
+    for mode in ("module", "chunked"):
+        for _ in range(3):
+            run(embed, xs, mode, True).float().square().mean().backward()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                run(embed, xs, mode, True).float().square().mean().backward()
+            torch.cuda.synchronize()
+        print(f"## {mode}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25,
+                                        max_name_column_width=70))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the GPU kernels of both, bf16, 20 x 1536")
     args = parser.parse_args()
     torch.manual_seed(0)
     embed = IMLSpikeformerEncoder(80, **SIZES["aishell"]).embed.cuda().eval()
@@ -68,6 +84,8 @@ def main():
                 "fwd_bwd_ms_median": sorted(times[2:])[len(times[2:]) // 2],
                 "peak_allocated_mib": round(peak, 1)}
         print(json.dumps(results), flush=True)
+    if args.profile:
+        profile(embed)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
