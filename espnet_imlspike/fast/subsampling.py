@@ -10,7 +10,8 @@ bench/README.md: 2.99 GiB reserved for 1.05 GiB allocated).
 :func:`subsample` runs the same convolutions over chunks of output frames whose feature
 maps stay under :data:`ELEMENTS_PER_CHUNK` values each, channels-last (cuDNN's layout in
 half precision: no layout conversions), and keeps only the input features and its own
-output (which ESPnet's output Linear keeps anyway: the last ReLU's mask). Backward
+output (which the output Linear keeps anyway: the last ReLU's mask), flattened
+frequency-major (the Linear's columns are permuted instead of the maps). Backward
 recomputes each chunk's maps but the last (for ``conv2d``: the first convolution, from one
 input channel, little work) and runs each layer's convolution backward by hand, every
 chunk of a batch at one shape. Parameters and state-dict names are the module's. The sums
@@ -129,10 +130,13 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     for conv in convs:
         params += [conv.weight, conv.bias]
     flat = _ChunkedConvolutions.apply(xs, geometry, *params)
-    out = embed.out(flat)
-    if not isinstance(embed.out, torch.nn.Sequential):  # Conv2dSubsampling8
-        out = embed.pos_enc(out)
-    return out
+    stacked = isinstance(embed.out, torch.nn.Sequential)  # not so in Conv2dSubsampling8
+    linear, pos_enc = (embed.out[0], embed.out[1]) if stacked else (embed.out, embed.pos_enc)
+    # ESPnet flattens (channel, frequency); the maps here are (frequency, channel), so the
+    # Linear's columns are taken in that order (no transposition of the maps)
+    channels = geometry.channels[-1]
+    weight = linear.weight.view(linear.out_features, channels, -1).transpose(1, 2)
+    return pos_enc(torch.nn.functional.linear(flat, weight.flatten(1), linear.bias))
 
 
 def _maps(strides, params, rows: torch.Tensor) -> torch.Tensor:
@@ -154,7 +158,7 @@ def _padded(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 
 
 class _ChunkedConvolutions(torch.autograd.Function):
-    """(B, T, F) features -> (B, T', C * F') flattened maps, as ESPnet's ``out`` reads them.
+    """(B, T, F) features -> (B, T', F' * C) flattened maps (frequency-major).
 
     Keeps the features and its own output (which ESPnet's output Linear keeps anyway:
     the last ReLU's mask); backward recomputes every map but the last, chunk by chunk.
@@ -168,8 +172,8 @@ class _ChunkedConvolutions(torch.autograd.Function):
         for first, end, in_first, in_end in geometry.chunks(batch, frames, freq):
             h = _maps(geometry.strides, params, xs[:, None, in_first:in_end])
             if out is None:
-                out = h.new_empty(batch, geometry.out_size(frames, 0), h.size(1), h.size(3))
-            out[:, first:end] = h.transpose(1, 2)
+                out = h.new_empty(batch, geometry.out_size(frames, 0), h.size(3), h.size(1))
+            out[:, first:end] = h.permute(0, 2, 3, 1)  # channels-last: a contiguous copy
         flat = out.flatten(2)
         ctx.save_for_backward(xs, flat, *params)
         return flat
@@ -179,7 +183,7 @@ class _ChunkedConvolutions(torch.autograd.Function):
         xs, flat, *params = ctx.saved_tensors
         geometry = ctx.geometry
         batch, frames, freq = xs.shape
-        out = flat.view(batch, flat.size(1), geometry.channels[-1], -1)
+        out = flat.view(batch, flat.size(1), -1, geometry.channels[-1])
         grad = grad_flat.view(out.shape)
         # the dtype the forward computed in (autocast's), as autocast casts for conv2d
         compute = flat.dtype
@@ -204,7 +208,7 @@ class _ChunkedConvolutions(torch.autograd.Function):
                 maps.append(torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_())
             # the last ReLU's mask from the output kept, then each layer by hand
             g = torch.ops.aten.threshold_backward(grad[:, first:end], out[:, first:end], 0)
-            g = _padded(g, 1, step).permute(0, 2, 1, 3)
+            g = _padded(g, 1, step).permute(0, 3, 1, 2)  # (B, C, rows, F) channels-last
             for index in range(last, -1, -1):
                 if index < last:
                     g = torch.ops.aten.threshold_backward(g, maps[index + 1], 0)
