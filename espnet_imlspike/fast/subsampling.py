@@ -10,15 +10,13 @@ bench/README.md: 2.99 GiB reserved for 1.05 GiB allocated).
 :func:`subsample` runs the same convolutions over chunks of output frames whose feature
 maps stay under :data:`ELEMENTS_PER_CHUNK` values each, channels-last (cuDNN's layout in
 half precision: no layout conversions), and keeps only the input features and its own
-output (which the output Linear keeps anyway: the last ReLU's mask), flattened
-frequency-major (the Linear's columns are permuted instead of the maps). Backward
+output (which ESPnet's output Linear keeps anyway: the last ReLU's mask). Backward
 recomputes each chunk's maps but the last (for ``conv2d``: the first convolution, from one
-input channel, little work) and runs each layer's convolution backward by hand, every
-chunk of a batch at one shape. Parameters and state-dict names are the module's. The sums
-are the same, but cuDNN picks its algorithms per shape, so outputs equal the module's to
-rounding, not bit for bit (the one fast path that is not; the GPU check gives the
-differences, and the spiking blocks amplify any rounding difference: bench/README.md),
-and weight gradients are summed over chunks.
+input channel, little work), every chunk of a batch at one shape. Parameters and
+state-dict names are the module's. The sums are the same, but cuDNN picks its algorithms
+per shape, so outputs equal the module's to rounding, not bit for bit (the one fast path
+that is not; the GPU check gives the differences, and the spiking blocks amplify any
+rounding difference: bench/README.md), and weight gradients are summed over chunks.
 """
 
 import dataclasses
@@ -130,13 +128,10 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     for conv in convs:
         params += [conv.weight, conv.bias]
     flat = _ChunkedConvolutions.apply(xs, geometry, *params)
-    stacked = isinstance(embed.out, torch.nn.Sequential)  # not so in Conv2dSubsampling8
-    linear, pos_enc = (embed.out[0], embed.out[1]) if stacked else (embed.out, embed.pos_enc)
-    # ESPnet flattens (channel, frequency); the maps here are (frequency, channel), so the
-    # Linear's columns are taken in that order (no transposition of the maps)
-    channels = geometry.channels[-1]
-    weight = linear.weight.view(linear.out_features, channels, -1).transpose(1, 2)
-    return pos_enc(torch.nn.functional.linear(flat, weight.flatten(1), linear.bias))
+    out = embed.out(flat)
+    if not isinstance(embed.out, torch.nn.Sequential):  # Conv2dSubsampling8
+        out = embed.pos_enc(out)
+    return out
 
 
 def _maps(strides, params, rows: torch.Tensor) -> torch.Tensor:
@@ -158,7 +153,7 @@ def _padded(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 
 
 class _ChunkedConvolutions(torch.autograd.Function):
-    """(B, T, F) features -> (B, T', F' * C) flattened maps (frequency-major).
+    """(B, T, F) features -> (B, T', C * F') flattened maps, as ESPnet's ``out`` reads them.
 
     Keeps the features and its own output (which ESPnet's output Linear keeps anyway:
     the last ReLU's mask); backward recomputes every map but the last, chunk by chunk.
@@ -166,14 +161,16 @@ class _ChunkedConvolutions(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, geometry, *params):
+        device = xs.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.geometry = geometry
         batch, frames, freq = xs.shape
         out = None
         for first, end, in_first, in_end in geometry.chunks(batch, frames, freq):
             h = _maps(geometry.strides, params, xs[:, None, in_first:in_end])
             if out is None:
-                out = h.new_empty(batch, geometry.out_size(frames, 0), h.size(3), h.size(1))
-            out[:, first:end] = h.permute(0, 2, 3, 1)  # channels-last: a contiguous copy
+                out = h.new_empty(batch, geometry.out_size(frames, 0), h.size(1), h.size(3))
+            out[:, first:end] = h.transpose(1, 2)
         flat = out.flatten(2)
         ctx.save_for_backward(xs, flat, *params)
         return flat
@@ -181,49 +178,44 @@ class _ChunkedConvolutions(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_flat):
         xs, flat, *params = ctx.saved_tensors
-        geometry = ctx.geometry
+        geometry, (autocast, dtype) = ctx.geometry, ctx.autocast
         batch, frames, freq = xs.shape
-        out = flat.view(batch, flat.size(1), -1, geometry.channels[-1])
+        channels = geometry.channels[-1]
+        out = flat.view(batch, flat.size(1), channels, -1)
         grad = grad_flat.view(out.shape)
-        # the dtype the forward computed in (autocast's), as autocast casts for conv2d
-        compute = flat.dtype
-        weights = [w.to(compute).contiguous(memory_format=torch.channels_last)
-                   for w in params[0::2]]
-        biases = [b.to(compute) for b in params[1::2]]
-        wanted = ctx.needs_input_grad[2:]
-        accumulate = [torch.promote_types(p.dtype, torch.float32) for p in params]
-        totals = [None] * len(params)
+        leaves = [p.detach().requires_grad_(needs)
+                  for p, needs in zip(params[:-2], ctx.needs_input_grad[2:-2])]
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
         grad_xs = torch.zeros_like(xs) if ctx.needs_input_grad[0] else None
+        totals = [None] * (len(wanted) + 2)
         chunks = geometry.chunks(batch, frames, freq)
         step = chunks[0][1] - chunks[0][0]
         in_rows = geometry.rows(step)[0]
-        last = len(weights) - 1
-        for first, end, in_first, in_end in chunks:
-            # the last chunk zero-padded to the others' shape (one convolution shape per
-            # batch size: cuDNN's plans are reused); its padded output rows get zero
-            # gradient, so they add nothing
-            rows = _padded(xs[:, None, in_first:in_end], 2, in_rows).to(compute)
-            maps = [rows.contiguous(memory_format=torch.channels_last)]
-            for weight, bias, stride in zip(weights[:-1], biases[:-1], geometry.strides):
-                maps.append(torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_())
-            # the last ReLU's mask from the output kept, then each layer by hand
-            g = torch.ops.aten.threshold_backward(grad[:, first:end], out[:, first:end], 0)
-            g = _padded(g, 1, step).permute(0, 3, 1, 2)  # (B, C, rows, F) channels-last
-            for index in range(last, -1, -1):
-                if index < last:
-                    g = torch.ops.aten.threshold_backward(g, maps[index + 1], 0)
-                need = [index > 0 or grad_xs is not None, wanted[2 * index],
-                        wanted[2 * index + 1]]
-                g_in, g_weight, g_bias = torch.ops.aten.convolution_backward(
-                    g, maps[index], weights[index], [weights[index].size(0)],
-                    list(geometry.strides[index]), [0, 0], [1, 1], False, [0, 0], 1, need)
-                for slot, value in ((2 * index, g_weight), (2 * index + 1, g_bias)):
-                    if value is not None:
-                        value = value.to(accumulate[slot])
-                        totals[slot] = value if totals[slot] is None else totals[slot].add_(value)
-                g = g_in
-            if grad_xs is not None:
-                grad_xs[:, in_first:in_end] += g[:, 0, :in_end - in_first].to(xs.dtype)
-        grads = [None if total is None else total.to(p.dtype)
-                 for total, p in zip(totals, params)]
-        return (grad_xs, None, *grads)
+        accumulate = torch.promote_types(params[-2].dtype, torch.float32)  # last layer's
+        with torch.enable_grad(), torch.autocast(xs.device.type, dtype, enabled=autocast):
+            for first, end, in_first, in_end in chunks:
+                # the last chunk zero-padded to the others' shape (one convolution shape
+                # per batch size: cuDNN's plans are reused); its padded output rows get
+                # zero gradient, so they add nothing
+                rows = _padded(xs[:, None, in_first:in_end].detach(), 2, in_rows)
+                rows.requires_grad_(grad_xs is not None)
+                # the last layer's ReLU from the output kept, its convolution by hand
+                grad_out = _padded(grad[:, first:end] * (out[:, first:end] > 0), 1, step)
+                below = _maps(geometry.strides[:-1], leaves, rows)
+                weight = params[-2].to(below.dtype).contiguous(
+                    memory_format=torch.channels_last)
+                grad_below, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                    grad_out.permute(0, 2, 1, 3).to(below.dtype), below, weight, [channels],
+                    list(geometry.strides[-1]), [0, 0], [1, 1], False, [0, 0], 1,
+                    [True, True, True])
+                inputs = wanted + ([rows] if grad_xs is not None else [])
+                grads = list(torch.autograd.grad(below, inputs, grad_below)) if inputs else []
+                for index, g in enumerate(grads[:len(wanted)] + [grad_weight, grad_bias]):
+                    g = g.to(accumulate) if index >= len(wanted) else g
+                    totals[index] = g if totals[index] is None else totals[index].add_(g)
+                if grad_xs is not None:
+                    grad_xs[:, in_first:in_end] += grads[-1][:, 0, :in_end - in_first]
+        by_leaf = dict(zip(map(id, wanted), totals))
+        last = [total.to(p.dtype) if needs else None for total, p, needs in
+                zip(totals[-2:], params[-2:], ctx.needs_input_grad[-2:])]
+        return (grad_xs, None, *[by_leaf.get(id(leaf)) for leaf in leaves], *last)
