@@ -268,3 +268,28 @@ def test_offline_demo_recipe_reduced(tmp_path):
     report = json.loads((tmp_path / "energy/iml_spikeformer_demo/energy.json").read_text())
     assert report["utterances"] == 16
     assert "[3/4] model 2/2: transformer_demo" in done.stdout
+
+
+@pytest.mark.slow
+def test_stock_train_then_decode_with_the_fast_paths_forced_on_the_cpu(tmp_path, monkeypatch):
+    """What a GPU user runs by default (fused IMLS firing, the chunked input layer), forced
+    onto the CPU with IMLSPIKE_FAST=1, through the stock asr_train and asr_inference."""
+    import torch
+
+    from asr_pipeline import train_and_decode
+    from espnet2.fileio.read_text import read_2columns_text as read_kaldi_map
+    from tone_corpus import make_corpus
+
+    monkeypatch.setenv("IMLSPIKE_FAST", "1")
+    dirs = make_corpus(tmp_path, {"train": 24, "valid": 6, "test": 5})
+    config = TONE_CONF / "train_asr_iml_spikeformer_tiny.yaml"
+    train_and_decode(tmp_path, config, dirs, ["--max_epoch", "1"], tag="fast")
+    log = (tmp_path / "logs/train_fast.log").read_text()
+    assert "input layer Conv2dSubsampling in time chunks" in log
+    hyps = read_kaldi_map(tmp_path / "decode/fast/1best_recog/text")
+    assert set(hyps) == set(read_kaldi_map(dirs["test"] / "text"))
+    state = torch.load(tmp_path / "exp/fast/valid.acc.best.pth", map_location="cpu")
+    conv = state["encoder.embed.conv.0.weight"]  # trained through the chunked backward
+    assert conv.isfinite().all()
+    key = "encoder.encoders.0.attn_input_neuron.running_max"
+    assert not torch.equal(state[key], torch.ones_like(state[key]))

@@ -20,6 +20,7 @@ rounding difference: bench/README.md), and weight gradients are summed over chun
 """
 
 import dataclasses
+import logging
 import os
 from typing import List, Optional, Tuple
 
@@ -37,6 +38,7 @@ from espnet_imlspike.fast import enabled, has_hooks
 
 # values of the largest feature map one chunk computes (64 MiB in bf16)
 ELEMENTS_PER_CHUNK = 1 << 25
+_announced = False  # the first use is logged, as the CUDA graphs' captures are
 _STOCK_TYPES = (Conv2dSubsampling, Conv2dSubsampling1, Conv2dSubsampling2,
                 Conv2dSubsampling6, Conv2dSubsampling8)
 
@@ -127,6 +129,12 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     params = []
     for conv in convs:
         params += [conv.weight, conv.bias]
+    global _announced
+    if not _announced:
+        _announced = True
+        logging.info("spiking encoder: input layer %s in time chunks of <= %d values per map,"
+                     " recomputed in backward (IMLSPIKE_CHUNKED_INPUT=0: ESPnet's module)",
+                     type(embed).__name__, ELEMENTS_PER_CHUNK)
     flat = _ChunkedConvolutions.apply(xs, geometry, *params)
     out = embed.out(flat)
     if not isinstance(embed.out, torch.nn.Sequential):  # Conv2dSubsampling8
