@@ -323,6 +323,29 @@ def test_graph_captures_warm_up_once_per_mode_and_fall_back_to_a_warm_up(monkeyp
     assert new_bucket(8, mode="fp32") is None and attempts[-1] == (8, True)
 
 
+def test_graphs_differentiate_the_blocks_parameters_not_the_eager_input_layers(monkeypatch):
+    """The input layer runs before the graphs: its parameters get their gradients from the
+    eager autograd and take no room in the graphs' gradient buffer."""
+    from espnet_imlspike.fast.graphs import EncoderGraphs
+
+    seen = {}
+
+    def capture_graphs(self, module, core, xs, entry, autocast, backward, warm, params,
+                       leaves):
+        seen["params"] = params
+
+    monkeypatch.setattr(EncoderGraphs, "_capture_graphs", capture_graphs)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)  # (needs a GPU)
+    encoder = IMLSpikeformerEncoder(20, **SMALL)
+    encoder.after_norm.bias.requires_grad_(False)  # frozen ones stay out too
+    xs, ilens = torch.randn(2, 9, 32), torch.tensor([9, 7])
+    EncoderGraphs()._capture(encoder, None, xs, ilens, 2, 16, True, False)
+    expected = [p for name, p in encoder.named_parameters()
+                if not name.startswith("embed.") and p.requires_grad]
+    assert [id(p) for p in seen["params"]] == [id(p) for p in expected]
+    assert len(expected) < len(list(encoder.parameters())) - 4  # embed: 2 convs, Linear
+
+
 @pytest.mark.slow
 def test_bench_scripts_smoke_on_cpu(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")

@@ -229,7 +229,10 @@ class EncoderGraphs:
                                   enabled=torch.is_autocast_enabled("cuda"),
                                   cache_enabled=False)
         real = list(module.parameters())
-        trained = [i for i, p in enumerate(real) if p.requires_grad] if backward else []
+        eager = getattr(module, "embed", None)  # the input layer runs before the graphs
+        outside = {id(p) for p in eager.parameters()} if eager is not None else set()
+        trained = [i for i, p in enumerate(real)
+                   if p.requires_grad and id(p) not in outside] if backward else []
         # under a process group the capture differentiates storage-sharing aliases (.ranks)
         with (parameter_aliases(module) if in_process_group()
               else contextlib.nullcontext(real)) as leaves:
