@@ -11,11 +11,13 @@ instead of the chunked, recomputed one (``fast/subsampling.py``).
 """
 
 import contextlib
+import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -100,6 +102,15 @@ def peak_memory(device: torch.device):
 def graph_pool_bytes() -> int:
     """Bytes the CUDA-graph pools hold now."""
     return sum(s["total_size"] for s in torch.cuda.memory_snapshot() if in_graph_pool(s))
+
+
+def print_and_write(results: dict, out: Optional[Path], filename: str) -> None:
+    """Print ``results`` as indented JSON and write them to ``out/filename`` if given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / filename).write_text(text)
 
 
 def median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES
+from common import SIZES, print_and_write
 
 from espnet_imlspike.attention import attention_weights  # noqa: E402
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
@@ -325,11 +325,7 @@ def main(argv=None):
         results["long_attention_fp32"] = long_attention(device)
     if "softmax" in args.parts and device.type == "cuda":
         results["softmax_kernel"] = softmax_kernel(device)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fast_checks.json").write_text(text)
+    print_and_write(results, args.out, "fast_checks.json")
 
 
 if __name__ == "__main__":

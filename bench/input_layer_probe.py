@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES
+from common import SIZES, print_and_write
 
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
 from espnet_imlspike.fast import fast_mode, subsampling  # noqa: E402
@@ -88,11 +88,7 @@ def main():
         print(json.dumps(results), flush=True)
     if args.profile:
         profile(embed)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "input_layer_probe.json").write_text(text)
+    print_and_write(results, args.out, "input_layer_probe.json")
 
 
 if __name__ == "__main__":
