@@ -212,13 +212,15 @@ class _ChunkedConvolutions(torch.autograd.Function):
                 below = _maps(geometry.strides[:-1], leaves, rows)
                 weight = params[-2].to(below.dtype).contiguous(
                     memory_format=torch.channels_last)
+                inputs = wanted + ([rows] if grad_xs is not None else [])
                 grad_below, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                     grad_out.permute(0, 2, 1, 3).to(below.dtype), below, weight, [channels],
                     list(geometry.strides[-1]), [0, 0], [1, 1], False, [0, 0], 1,
-                    [True, True, True])
-                inputs = wanted + ([rows] if grad_xs is not None else [])
+                    [bool(inputs), *ctx.needs_input_grad[-2:]])
                 grads = list(torch.autograd.grad(below, inputs, grad_below)) if inputs else []
                 for index, g in enumerate(grads[:len(wanted)] + [grad_weight, grad_bias]):
+                    if g is None:  # a frozen last layer
+                        continue
                     g = g.to(accumulate) if index >= len(wanted) else g
                     totals[index] = g if totals[index] is None else totals[index].add_(g)
                 if grad_xs is not None:
