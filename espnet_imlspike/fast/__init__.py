@@ -26,6 +26,8 @@ Each fast path computes what the reference modules compute (``neurons.py``,
   :mod:`.buckets` holds the bucket shapes, :mod:`.graph_watch` what a graph depends on
   beyond its inputs (tensors read by address, hooks); :mod:`.ranks` what the graphs need
   under ``torch.distributed`` (NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` turns them off there).
+  :mod:`.compile_ahead` compiles the Triton kernels of the first warm-up's step in
+  parallel before it runs (a machine's first run; ``IMLSPIKE_COMPILE_AHEAD=0``: at launch).
 
 Switch: the environment variable ``IMLSPIKE_FAST`` (``auto``, the default: on for CUDA
 tensors, off on the CPU; ``1``: on everywhere, as the tests use it; ``0``: off), or

@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
+from espnet_imlspike.fast.compile_ahead import compile_ahead
 from espnet_imlspike.fast.graph_watch import GraphWatch
 from espnet_imlspike.fast.ranks import agree_across_ranks, in_process_group, parameter_aliases
 from espnet_imlspike.neurons import rank_local_maxima
@@ -276,19 +277,21 @@ class EncoderGraphs:
 
     @staticmethod
     def _warm_up(module, core, entry, autocast, targets):
-        """One forward and backward on the static tensors on the capture stream, as
-        ``torch.cuda.make_graphed_callables`` does before capturing (libraries finish
-        their lazy set-up outside the capture); the statistics it moved are restored."""
+        """One forward and backward on the static tensors, as ``make_graphed_callables``
+        does (lazy set-up outside the capture); the statistics it moved are restored."""
         saved = [b.detach().clone() for b in module.buffers()]
-        with rank_local_maxima():  # no collective: other ranks are not warming up
+
+        def step():  # run twice: compile_ahead records its kernels, then the warm-up
             with autocast:
                 out = core(entry.xs, entry.ilens)
             if targets:
                 torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
-        del out
-        with torch.no_grad():
-            for buffer, value in zip(module.buffers(), saved):
-                buffer.copy_(value)
+            with torch.no_grad():
+                torch._foreach_copy_(list(module.buffers()), saved)
+
+        with rank_local_maxima():  # no collective: other ranks are not warming up
+            compile_ahead(step, entry.xs.device)  # a first run's kernels, in parallel
+            step()
         torch.cuda.synchronize()
 
     def _captured(self, graph, work, autocast):

@@ -27,9 +27,10 @@ tests run these kernels in Triton's interpreter (``TRITON_INTERPRET=1`` with
 ``IMLSPIKE_TRITON=1``).
 """
 
+import contextlib
 import logging
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,8 +78,7 @@ def kernels_work(device: torch.device) -> bool:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return False  # never try inside a CUDA-graph capture (its warm-up tries)
         try:
-            probe = torch.ones(1, 1, device=device)
-            fire(probe, torch.ones(1, device=device), 1)
+            probe(device)
             _working[device] = True
         except Exception as error:  # any failure of Triton's tool chain
             logging.warning("Triton kernels of IMLS firing unavailable on %s (%s: %s); "
@@ -86,6 +86,32 @@ def kernels_work(device: torch.device) -> bool:
                             device, type(error).__name__, error)
             _working[device] = False
     return _working[device]
+
+
+def may_work(device: torch.device) -> bool:
+    """Whether the kernels may run on ``device``: CUDA, Triton on and not found failing
+    there (without the first test :func:`kernels_work` makes)."""
+    return (triton is not None and os.environ.get("IMLSPIKE_TRITON", "auto") != "0"
+            and device.type == "cuda" and _working.get(device, True))
+
+
+def probe(device: torch.device) -> None:
+    """The launch :func:`kernels_work` tries (one element fired)."""
+    fire(torch.ones(1, 1, device=device), torch.ones(1, device=device), 1)
+
+
+@contextlib.contextmanager
+def assumed_working(device: torch.device) -> Iterator[None]:
+    """Inside, the kernels count as working on ``device`` unless already found not to;
+    the test stays pending (for :mod:`.compile_ahead`, whose launches are only recorded)."""
+    pending = device not in _working
+    if pending:
+        _working[device] = True
+    try:
+        yield
+    finally:
+        if pending:
+            _working.pop(device, None)
 
 
 if triton is not None:
