@@ -7,7 +7,8 @@ same without blocks: its input layer and final LayerNorm), ``iml_<firing>[_linea
 off, as before this work); ``@nographs`` keeps the fused modules but no CUDA graphs;
 ``@notriton`` keeps the fused modules and graphs with PyTorch operations in place of the
 Triton kernels of IMLS firing; ``@nochunk`` runs ESPnet's conv-subsampling module itself
-instead of the chunked, recomputed one (``fast/subsampling.py``).
+instead of the chunked, recomputed one (``fast/subsampling.py``); ``@noahead`` compiles
+the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead.py``).
 """
 
 import contextlib
@@ -53,7 +54,7 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
 
 
 SUFFIX_ENVIRONMENT = {"nographs": "IMLSPIKE_CUDA_GRAPHS", "notriton": "IMLSPIKE_TRITON",
-                      "nochunk": "IMLSPIKE_CHUNKED_INPUT"}
+                      "nochunk": "IMLSPIKE_CHUNKED_INPUT", "noahead": "IMLSPIKE_COMPILE_AHEAD"}
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
 #        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_ab
-#        chunk_probe chunk_profile
+#        chunk_probe chunk_profile compile_ahead cold_ahead
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -50,6 +50,15 @@ for t in "$@"; do
         else export IMLSPIKE_CUDA_GRAPHS=0; fi
         echo "capture mode: ${mode:-none, CUDA graphs off}" | tee -a $RES/device.txt ;;
     checks) task checks 300 python3 bench/fast_checks.py --out $RES/checks ;;
+    compile_ahead)  # a first run's kernel compilation, serial vs ahead, each cache empty
+        task compile_ahead 300 python3 bench/compile_ahead_probe.py --out $RES/compile_ahead ;;
+    cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)
+        task cold_ahead 480 python3 bench/stock_train.py --out /tmp/cold --precision bf16 \
+            --cold --models transformer iml_imls_t6 iml_imls_t6@noahead iml_imls_t6:300 \
+            iml_imls_t6@noahead:300
+        mkdir -p $RES/cold_ahead && cp /tmp/cold/stock_train.* $RES/cold_ahead/
+        for d in /tmp/cold/*_bf16; do grep -v "^ " $d/train.log | tail -60 \
+            > $RES/cold_ahead/$(basename $d).log; done ;;
     replay) task replay 300 python3 bench/replay_shapes.py --out $RES/replay ;;
     replay_bf16)  # graph captures and the graph pool logged
         task replay_bf16 200 python3 bench/replay_shapes.py --out $RES/replay_bf16 \

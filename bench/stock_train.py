@@ -15,12 +15,16 @@ allocated once, at capture), so "allocated + graph pool" adds the pool held at e
 
     python bench/stock_train.py --out bench/out --precision bf16 fp32
     python bench/stock_train.py --smoke --out /tmp/st   # CPU, tiny models, 4 steps
+
+``--cold`` gives each model run its own empty Triton cache (``TRITON_CACHE_DIR``): every
+run then pays the kernels' compilation, as a machine's first run does.
 """
 
 import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +43,8 @@ MODELS = {  # name: (config, environment, extra arguments)
     "iml_imls_t6@notriton": ("train_asr_iml_spikeformer.yaml", {"IMLSPIKE_TRITON": "0"}, []),
     "iml_imls_t6@nochunk": ("train_asr_iml_spikeformer.yaml",
                             {"IMLSPIKE_CHUNKED_INPUT": "0"}, []),
+    "iml_imls_t6@noahead": ("train_asr_iml_spikeformer.yaml",
+                            {"IMLSPIKE_COMPILE_AHEAD": "0"}, []),
     "iml_multistep_t6": ("train_asr_iml_spikeformer_ablation_multistep.yaml", {}, []),
     # the Transformer config without encoder blocks: what every model pays besides them
     "no_encoder_blocks": ("train_asr_transformer_30.35m.yaml", {},
@@ -125,7 +131,7 @@ def parse_log(text: str):
     return marks, (float(cached[-1]) if cached else None)
 
 
-def run_model(name, precision, data, tokens, out, steps, smoke):
+def run_model(name, precision, data, tokens, out, steps, smoke, cold=False):
     config_file, env_extra, extra = MODELS[name.split(":")[0]]
     if ":" in name:
         steps = int(name.split(":")[1])
@@ -134,6 +140,9 @@ def run_model(name, precision, data, tokens, out, steps, smoke):
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, IMLSPIKE_MEMORY_JSON=str(memory), PYTHONWARNINGS="ignore",
                **env_extra)
+    if cold:  # a machine's first run: an empty Triton cache of its own
+        env["TRITON_CACHE_DIR"] = str(run_dir / "triton_cache")
+        shutil.rmtree(env["TRITON_CACHE_DIR"], ignore_errors=True)
     begin = time.perf_counter()
     done = subprocess.run(train_command(CONF / config_file, data, tokens, run_dir / "exp",
                                         steps, precision, smoke) + extra,
@@ -191,6 +200,8 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS),
                         help="names of MODELS, optionally ':steps' (e.g. iml_multistep_t6:100)")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--cold", action="store_true",
+                        help="each model run with its own empty Triton cache (a first run)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.utterances = 4, 24
@@ -200,7 +211,8 @@ def main(argv=None):
     rows = []
     for precision in args.precision:
         for name in args.models:
-            row = run_model(name, precision, data, tokens, args.out, args.steps, args.smoke)
+            row = run_model(name, precision, data, tokens, args.out, args.steps, args.smoke,
+                            args.cold)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "marks"}), flush=True)
     report = table(rows)
