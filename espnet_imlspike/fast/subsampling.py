@@ -12,7 +12,10 @@ maps stay under :data:`ELEMENTS_PER_CHUNK` values each, channels-last (cuDNN's l
 half precision: no layout conversions), and keeps only the input features and its own
 output (which ESPnet's output Linear keeps anyway: the last ReLU's mask). Backward
 recomputes each chunk's maps but the last (for ``conv2d``: the first convolution, from one
-input channel, little work), every chunk of a batch at one shape. Parameters and
+input channel, little work), every chunk of a batch at one shape, and runs each layer's
+backward by hand with the aten operations autograd would run (``convolution_backward``,
+``threshold_backward``; the same results, without an autograd graph per chunk, each map
+freed once its layer is done: the layer's peak memory in backward halves). Parameters and
 state-dict names are the module's. The sums are the same, but cuDNN picks its algorithms
 per shape, so outputs equal the module's to rounding, not bit for bit (the one fast path
 that is not; the GPU check gives the differences, and the spiking blocks amplify any
@@ -142,14 +145,32 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _maps(strides, params, rows: torch.Tensor) -> torch.Tensor:
-    """ReLU(conv(...)) of the layers with these strides over input rows (B, 1, rows, F)
-    (or a previous map), channels-last: cuDNN's layout in half precision."""
-    h = rows.contiguous(memory_format=torch.channels_last)
+def _computed(tensor: torch.Tensor, autocast: Optional[torch.dtype]) -> torch.Tensor:
+    """``tensor`` in the dtype a convolution under autocast (``autocast``: its dtype, or
+    None when off) computes it in: cast unless float64 (autocast leaves those alone)."""
+    if autocast is None or not tensor.is_floating_point() or tensor.dtype == torch.float64:
+        return tensor
+    return tensor.to(autocast)
+
+
+def _weights(params, autocast: Optional[torch.dtype]) -> List[torch.Tensor]:
+    """The layers' weights (channels-last: cuDNN's layout in half precision) and biases,
+    cast once per call as autocast would cast them at every chunk's convolution."""
+    return [_computed(p, autocast).contiguous(memory_format=torch.channels_last)
+            if p.dim() == 4 else _computed(p, autocast) for p in params]
+
+
+def _maps(strides, weights, rows: torch.Tensor, autocast: Optional[torch.dtype]
+          ) -> List[torch.Tensor]:
+    """The input rows (B, 1, rows, F) as convolved, then ReLU(conv(...)) of each layer
+    with these strides, channels-last."""
+    # made channels-last before the cast: a one-channel slice is then given channels-last
+    # strides, which cuDNN's channels-last kernels take (cast first, it stays NCHW)
+    maps = [_computed(rows.contiguous(memory_format=torch.channels_last), autocast)]
     for index, stride in enumerate(strides):
-        weight = params[2 * index].contiguous(memory_format=torch.channels_last)
-        h = torch.nn.functional.conv2d(h, weight, params[2 * index + 1], stride).relu_()
-    return h
+        maps.append(torch.nn.functional.conv2d(
+            maps[-1], weights[2 * index], weights[2 * index + 1], stride).relu_())
+    return maps
 
 
 def _padded(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -164,18 +185,20 @@ class _ChunkedConvolutions(torch.autograd.Function):
     """(B, T, F) features -> (B, T', C * F') flattened maps, as ESPnet's ``out`` reads them.
 
     Keeps the features and its own output (which ESPnet's output Linear keeps anyway:
-    the last ReLU's mask); backward recomputes every map but the last, chunk by chunk.
+    the last ReLU's mask); backward recomputes every map but the last, chunk by chunk,
+    and differentiates the layers by hand, down to the lowest one that needs it.
     """
 
     @staticmethod
     def forward(ctx, xs, geometry, *params):
         device = xs.device.type
-        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.autocast = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                        else None)
         ctx.geometry = geometry
         batch, frames, freq = xs.shape
-        out = None
+        weights, out = _weights(params, ctx.autocast), None
         for first, end, in_first, in_end in geometry.chunks(batch, frames, freq):
-            h = _maps(geometry.strides, params, xs[:, None, in_first:in_end])
+            h = _maps(geometry.strides, weights, xs[:, None, in_first:in_end], ctx.autocast)[-1]
             if out is None:
                 out = h.new_empty(batch, geometry.out_size(frames, 0), h.size(1), h.size(3))
             out[:, first:end] = h.transpose(1, 2)
@@ -186,46 +209,49 @@ class _ChunkedConvolutions(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_flat):
         xs, flat, *params = ctx.saved_tensors
-        geometry, (autocast, dtype) = ctx.geometry, ctx.autocast
+        geometry, autocast, needs = ctx.geometry, ctx.autocast, ctx.needs_input_grad
         batch, frames, freq = xs.shape
-        channels = geometry.channels[-1]
-        out = flat.view(batch, flat.size(1), channels, -1)
+        out = flat.view(batch, flat.size(1), geometry.channels[-1], -1)
         grad = grad_flat.view(out.shape)
-        leaves = [p.detach().requires_grad_(needs)
-                  for p, needs in zip(params[:-2], ctx.needs_input_grad[2:-2])]
-        wanted = [leaf for leaf in leaves if leaf.requires_grad]
-        grad_xs = torch.zeros_like(xs) if ctx.needs_input_grad[0] else None
-        totals = [None] * (len(wanted) + 2)
+        weights = _weights(params, autocast)
+        grad_xs = torch.zeros_like(xs) if needs[0] else None
+        # the lowest layer whose backward is needed (frozen layers below it are skipped)
+        lowest = 0 if needs[0] else min((i // 2 for i, n in enumerate(needs[2:]) if n),
+                                        default=len(params))
+        totals: List[Optional[torch.Tensor]] = [None] * len(params)
         chunks = geometry.chunks(batch, frames, freq)
         step = chunks[0][1] - chunks[0][0]
         in_rows = geometry.rows(step)[0]
-        accumulate = torch.promote_types(params[-2].dtype, torch.float32)  # last layer's
-        with torch.enable_grad(), torch.autocast(xs.device.type, dtype, enabled=autocast):
-            for first, end, in_first, in_end in chunks:
-                # the last chunk zero-padded to the others' shape (one convolution shape
-                # per batch size: cuDNN's plans are reused); its padded output rows get
-                # zero gradient, so they add nothing
-                rows = _padded(xs[:, None, in_first:in_end].detach(), 2, in_rows)
-                rows.requires_grad_(grad_xs is not None)
-                # the last layer's ReLU from the output kept, its convolution by hand
-                grad_out = _padded(grad[:, first:end] * (out[:, first:end] > 0), 1, step)
-                below = _maps(geometry.strides[:-1], leaves, rows)
-                weight = params[-2].to(below.dtype).contiguous(
-                    memory_format=torch.channels_last)
-                inputs = wanted + ([rows] if grad_xs is not None else [])
-                grad_below, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                    grad_out.permute(0, 2, 1, 3).to(below.dtype), below, weight, [channels],
-                    list(geometry.strides[-1]), [0, 0], [1, 1], False, [0, 0], 1,
-                    [bool(inputs), *ctx.needs_input_grad[-2:]])
-                grads = list(torch.autograd.grad(below, inputs, grad_below)) if inputs else []
-                for index, g in enumerate(grads[:len(wanted)] + [grad_weight, grad_bias]):
-                    if g is None:  # a frozen last layer
-                        continue
-                    g = g.to(accumulate) if index >= len(wanted) else g
-                    totals[index] = g if totals[index] is None else totals[index].add_(g)
-                if grad_xs is not None:
-                    grad_xs[:, in_first:in_end] += grads[-1][:, 0, :in_end - in_first]
-        by_leaf = dict(zip(map(id, wanted), totals))
-        last = [total.to(p.dtype) if needs else None for total, p, needs in
-                zip(totals[-2:], params[-2:], ctx.needs_input_grad[-2:])]
-        return (grad_xs, None, *[by_leaf.get(id(leaf)) for leaf in leaves], *last)
+        for first, end, in_first, in_end in chunks:
+            # the last chunk zero-padded to the others' shape (one convolution shape per
+            # batch size: cuDNN's plans are reused); its padded output rows get zero
+            # gradient, so they add nothing
+            rows = _padded(xs[:, None, in_first:in_end], 2, in_rows)
+            maps = _maps(geometry.strides[:-1], weights, rows, autocast)
+            # the last layer's ReLU from the output kept; every layer's backward by hand,
+            # as autograd would run it (the same aten operations, no engine per chunk)
+            g = _padded(grad[:, first:end] * (out[:, first:end] > 0), 1, step)
+            g = g.permute(0, 2, 1, 3)
+            for layer in range(len(geometry.strides) - 1, lowest - 1, -1):
+                below, maps[layer] = maps[layer], None  # freed as autograd frees them
+                g_below, g_weight, g_bias = torch.ops.aten.convolution_backward(
+                    g.to(below.dtype), below, weights[2 * layer], [geometry.channels[layer]],
+                    list(geometry.strides[layer]), [0, 0], [1, 1], False, [0, 0], 1,
+                    [layer > lowest or grad_xs is not None, *needs[2 + 2 * layer:4 + 2 * layer]])
+                for index, g_param in ((2 * layer, g_weight), (2 * layer + 1, g_bias)):
+                    if g_param is not None:  # (a frozen layer's is not computed)
+                        g_param = g_param.to(_accumulation_dtype(params[index].dtype))
+                        totals[index] = (g_param if totals[index] is None
+                                         else totals[index].add_(g_param))
+                if layer > 0 and g_below is not None:  # through the ReLU below
+                    g = torch.ops.aten.threshold_backward(g_below, below, 0)
+                    g_below = below = None
+            if grad_xs is not None:
+                grad_xs[:, in_first:in_end] += g_below[:, 0, :in_end - in_first].to(xs.dtype)
+        return (grad_xs, None, *[total.to(p.dtype) if n else None
+                                 for total, p, n in zip(totals, params, needs[2:])])
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Weight gradients are summed over chunks in at least float32."""
+    return torch.promote_types(dtype, torch.float32)
