@@ -8,7 +8,7 @@
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
 #        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_ab
-#        chunk_probe chunk_profile compile_ahead cold_ahead
+#        chunk_probe chunk_profile compile_ahead cold_ahead rounds
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -52,6 +52,11 @@ for t in "$@"; do
     checks) task checks 300 python3 bench/fast_checks.py --out $RES/checks ;;
     compile_ahead)  # a first run's kernel compilation, serial vs ahead, each cache empty
         task compile_ahead 300 python3 bench/compile_ahead_probe.py --out $RES/compile_ahead ;;
+    rounds)  # the default beside the Transformer and the floor, three rounds in turn
+        task rounds 580 python3 bench/stock_train.py --out /tmp/rounds --precision bf16 \
+            --rounds 3 --models transformer iml_imls_t6 no_encoder_blocks
+        mkdir -p $RES/rounds && cp /tmp/rounds/stock_train.* $RES/rounds/
+        tail -8 $RES/rounds/stock_train.md ;;
     cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)
         task cold_ahead 480 python3 bench/stock_train.py --out /tmp/cold --precision bf16 \
             --cold --models transformer iml_imls_t6 iml_imls_t6@noahead iml_imls_t6:300 \

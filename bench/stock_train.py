@@ -21,10 +21,12 @@ run then pays the kernels' compilation, as a machine's first run does.
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -176,18 +178,38 @@ def table(rows):
         row["allocated_and_pool_gib"] = (row.get("max_allocated_gib", float("nan"))
                                          + row.get("exit_graph_pool_gib", 0.0))
     for row in rows:
-        base = next((r for r in rows if r["model"] == "transformer"
-                     and r["precision"] == row["precision"]), row)
+        base = _baseline(rows, row)
         ratio = lambda key: row.get(key, float("nan")) / base.get(key, float("nan"))  # noqa
+        name = row["model"] + (f" (round {row['round']})" if "round" in row else "")
         lines.append(
-            f"| {row['model']} | {row['precision']} | {row['steps']} | "
+            f"| {name} | {row['precision']} | {row['steps']} | "
             f"{row['step_s_mean'] * 1e3:.1f} | x{ratio('step_s_mean'):.2f} | "
             f"{row['step_s_last100'] * 1e3:.1f} | {row['one_time_s'] or 0:.2f} | "
             f"{row.get('max_reserved_gib', float('nan')):.2f} | x{ratio('max_reserved_gib'):.2f} | "
             f"{row.get('max_allocated_gib', float('nan')):.2f} | "
             f"x{ratio('max_allocated_gib'):.2f} | {row['allocated_and_pool_gib']:.2f} | "
             f"x{ratio('allocated_and_pool_gib'):.2f} |")
+    if any("round" in row for row in rows):
+        lines += ["", "Median over rounds of each round's ratio to that round's Transformer "
+                  "(min-max):", "", "| model | precision | mean step incl. one-time | "
+                  "last 100 | peak reserved |", "|---|---|---|---|---|"]
+        for model, precision in dict.fromkeys((r["model"], r["precision"]) for r in rows):
+            same = [r for r in rows if r["model"] == model and r["precision"] == precision]
+            cells = []
+            for key in ("step_s_mean", "step_s_last100", "max_reserved_gib"):
+                ratios = sorted(r.get(key, float("nan")) / _baseline(rows, r).get(
+                    key, float("nan")) for r in same)
+                cells.append(f"x{statistics.median(ratios):.2f} "
+                             f"({ratios[0]:.2f}-{ratios[-1]:.2f})")
+            lines.append(f"| {model} | {precision} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _baseline(rows, row):
+    """The Transformer row of the same precision (and round) as ``row``."""
+    return next((r for r in rows if r["model"] == "transformer"
+                 and r["precision"] == row["precision"]
+                 and r.get("round") == row.get("round")), row)
 
 
 def main(argv=None):
@@ -200,6 +222,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS),
                         help="names of MODELS, optionally ':steps' (e.g. iml_multistep_t6:100)")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the model list this many times in turn (machines drift: "
+                        "each round's ratios are taken to its own Transformer run)")
     parser.add_argument("--cold", action="store_true",
                         help="each model run with its own empty Triton cache (a first run)")
     args = parser.parse_args(argv)
@@ -209,10 +234,13 @@ def main(argv=None):
     low, high = (100, 200) if args.smoke else (300, 1600)
     tokens = make_corpus(data, args.utterances, low, high)
     rows = []
-    for precision in args.precision:
+    for round_index, precision in itertools.product(range(args.rounds), args.precision):
         for name in args.models:
-            row = run_model(name, precision, data, tokens, args.out, args.steps, args.smoke,
+            out = args.out / f"round{round_index + 1}" if args.rounds > 1 else args.out
+            row = run_model(name, precision, data, tokens, out, args.steps, args.smoke,
                             args.cold)
+            if args.rounds > 1:
+                row["round"] = round_index + 1
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "marks"}), flush=True)
     report = table(rows)
