@@ -13,11 +13,6 @@ from typing import Callable, Optional, Tuple
 import torch
 from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
 from espnet.nets.pytorch_backend.transformer.subsampling import (
-    Conv2dSubsampling,
-    Conv2dSubsampling1,
-    Conv2dSubsampling2,
-    Conv2dSubsampling6,
-    Conv2dSubsampling8,
     TooShortUttError,
     check_short_utt,
 )
@@ -29,13 +24,7 @@ from espnet_imlspike.fast import subsampling
 from espnet_imlspike.layers import SpikingChannelMLP, SpikingTransformerBlock
 from espnet_imlspike.neurons import SpikingNeuron, make_neuron
 
-CONV_SUBSAMPLING = {
-    "conv2d": Conv2dSubsampling,
-    "conv2d1": Conv2dSubsampling1,
-    "conv2d2": Conv2dSubsampling2,
-    "conv2d6": Conv2dSubsampling6,
-    "conv2d8": Conv2dSubsampling8,
-}
+CONV_SUBSAMPLING = subsampling.STOCK_MODULES  # input_layer name -> ESPnet's module
 
 NeuronFactory = Callable[[int], SpikingNeuron]  # channels -> neuron
 

@@ -42,8 +42,10 @@ from espnet_imlspike.fast import enabled, has_hooks
 # values of the largest feature map one chunk computes (64 MiB in bf16)
 ELEMENTS_PER_CHUNK = 1 << 25
 _announced = False  # the first use is logged, as the CUDA graphs' captures are
-_STOCK_TYPES = (Conv2dSubsampling, Conv2dSubsampling1, Conv2dSubsampling2,
-                Conv2dSubsampling6, Conv2dSubsampling8)
+# ESPnet's conv-subsampling modules by their ``input_layer`` names (the encoders build them)
+STOCK_MODULES = {"conv2d": Conv2dSubsampling, "conv2d1": Conv2dSubsampling1,
+                 "conv2d2": Conv2dSubsampling2, "conv2d6": Conv2dSubsampling6,
+                 "conv2d8": Conv2dSubsampling8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,7 @@ class _Geometry:
 def _convolutions(embed: torch.nn.Module) -> Optional[List[torch.nn.Conv2d]]:
     """The Conv2d layers of an ESPnet conv-subsampling module of the stock form
     (Conv2d, ReLU)*, unpadded, undilated, from one input channel; None otherwise."""
-    if type(embed) not in _STOCK_TYPES or not isinstance(embed.conv, torch.nn.Sequential):
+    if type(embed) not in STOCK_MODULES.values() or not isinstance(embed.conv, torch.nn.Sequential):
         return None
     layers = list(embed.conv)
     convs, relus = layers[0::2], layers[1::2]
