@@ -44,6 +44,11 @@ def decay_rows(rows: torch.Tensor, cols: torch.Tensor, phi: float, dtype) -> tor
     return torch.exp(distance * math.log(phi)).to(dtype)
 
 
+def _key_padding(valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, L): True at padded keys, for maps (B, H, queries, L)."""
+    return ~valid[:, None, None, :]
+
+
 def _softmax_chunk(q_c, k, start, valid, decay, scale, with_soft=False):
     """Softmax weights of the query rows from ``start`` (the reference's operations, or
     their fused kernel on CUDA, :mod:`.attention_kernels`): the scores' dtype, the
@@ -54,7 +59,7 @@ def _softmax_chunk(q_c, k, start, valid, decay, scale, with_soft=False):
         weights, soft = attention_kernels.softmax_weights(scores, valid, start, decay,
                                                           scale, with_soft)
         return scores.dtype, soft, weights
-    padding = ~valid[:, None, None, :]
+    padding = _key_padding(valid)
     if decay is not None:
         cols = torch.arange(k.size(2), device=k.device)
         scores = scores * decay_rows(cols[start:start + q_c.size(2)], cols, decay,
@@ -83,7 +88,7 @@ class _ChunkedSoftmax(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, valid = ctx.saved_tensors
         enabled, dtype = ctx.autocast
-        padding = ~valid[:, None, None, :]
+        padding = _key_padding(valid)
         length = q.size(2)
         cols = torch.arange(length, device=q.device)
         scale = math.sqrt(ctx.d_k)
