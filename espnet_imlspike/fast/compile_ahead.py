@@ -12,11 +12,11 @@ recorded variants on a pool of threads (Triton's ``AsyncCompileMode``; LLVM, ``p
 and the C compiler run outside the GIL) and builds their launchers there too. The real
 step then finds every kernel compiled, the one-element launch with which
 :func:`~.kernels.kernels_work` first tests the kernels on a device included (recorded
-with the step; the test itself runs with the real step). The recording step computes on buffers that the
-skipped kernels leave unset: the caller discards its outputs and restores what it
-changed, as the CUDA-graph warm-up (:mod:`.graphs`, its only caller) does. Any failure
-leaves the kernels to compile at launch, as before; ``IMLSPIKE_COMPILE_AHEAD=0`` turns
-it off.
+with the step; the test itself runs with the real step). The recording step computes on
+buffers that the skipped kernels leave unset: the caller discards its outputs and
+restores what it changed, as the CUDA-graph warm-up (:mod:`.graphs`, its only caller)
+does. Any failure leaves the kernels to compile at launch, as before;
+``IMLSPIKE_COMPILE_AHEAD=0`` turns it off.
 """
 
 import logging

@@ -99,7 +99,8 @@ class _Geometry:
 def _convolutions(embed: torch.nn.Module) -> Optional[List[torch.nn.Conv2d]]:
     """The Conv2d layers of an ESPnet conv-subsampling module of the stock form
     (Conv2d, ReLU)*, unpadded, undilated, from one input channel; None otherwise."""
-    if type(embed) not in STOCK_MODULES.values() or not isinstance(embed.conv, torch.nn.Sequential):
+    if (type(embed) not in STOCK_MODULES.values()
+            or not isinstance(embed.conv, torch.nn.Sequential)):
         return None
     layers = list(embed.conv)
     convs, relus = layers[0::2], layers[1::2]
