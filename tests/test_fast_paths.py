@@ -3,8 +3,9 @@
 Forward values are compared bit for bit (the fast path repeats the reference's
 arithmetic); gradients up to the order in which float sums are taken; IMLS statistics
 exactly. The chunked input layer (equal to rounding, tests in test_chunked_input_layer.py)
-is off here, so that the blocks' fast paths are compared bit for bit. The CUDA graphs themselves need a GPU (bench/fast_checks.py); what they rely
-on (padding to a bucket leaves the real outputs unchanged) is tested here.
+is off here, so that the blocks' fast paths are compared bit for bit. The CUDA graphs
+themselves need a GPU (bench/fast_checks.py); what they rely on (padding to a bucket
+leaves the real outputs unchanged) is tested here.
 """
 
 import copy

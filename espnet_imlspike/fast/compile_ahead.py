@@ -95,7 +95,6 @@ def _compile(recorded: Dict[str, object], async_mode) -> None:
         with async_mode(pool):  # preload submits to the pool; the exit waits for all
             pending = [fn.preload(data) for data, fn in recorded.items()]
         compiled = [p.result() if hasattr(p, "result") else p for p in pending]
-        # the C launchers (one compiler call each, cached on disk for the first launch)
-        for launcher in pool.map(lambda k: driver.active.launcher_cls(k.src, k.metadata),
-                                 compiled):
-            del launcher
+        # the C launchers (one compiler call each, cached on disk for the first launch);
+        # list() waits for them and raises a failure here
+        list(pool.map(lambda k: driver.active.launcher_cls(k.src, k.metadata), compiled))

@@ -57,14 +57,14 @@ _working: Dict[torch.device, bool] = {}
 def available(x: torch.Tensor, timesteps: int) -> bool:
     """Whether the kernels run for input ``x``: CUDA (or the interpreter in tests),
     Triton importable and working there, a float dtype and ``T <= 127``."""
-    setting = os.environ.get("IMLSPIKE_TRITON", "auto")
-    if triton is None or setting == "0" or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return False
     if x.dtype not in FLOAT_TYPES or not 1 <= timesteps <= MAX_TIMESTEPS:
         return False
     if x.is_cuda:
-        return kernels_work(x.device)
-    return setting == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+        return may_work(x.device) and kernels_work(x.device)
+    return (triton is not None and os.environ.get("IMLSPIKE_TRITON") == "1"
+            and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def kernels_work(device: torch.device) -> bool:
