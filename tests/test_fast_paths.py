@@ -270,7 +270,41 @@ def test_buckets():
     assert [bucket_frames(n) for n in (1, 128, 129, 1000, 1025, 2049, 4096)] == [
         128, 128, 256, 1024, 1280, 2560, 4096]
     assert bucket_frames(4097) is None
-    assert [bucket_batch(n) for n in (1, 5, 9, 17, 32, 33)] == [1, 6, 10, 20, 32, 40]
+    assert [bucket_batch(n) for n in (1, 5, 9, 17, 32, 33, 129, 285, 512)] == [
+        1, 6, 10, 20, 32, 40, 160, 320, 512]
+    assert bucket_batch(513) is None
+
+
+def test_batches_beyond_the_buckets_run_eagerly_with_one_warning(caplog):
+    """A batch larger than the last bucket, or a new bucket once MAX_GRAPHS are captured,
+    runs the eager path; the user hears it once, not every step."""
+    from espnet_imlspike.fast import graphs as graphs_module
+
+    encoder = IMLSpikeformerEncoder(20, **SMALL)
+    graphs = graphs_module.EncoderGraphs()
+    graphs.watch = graphs_module.GraphWatch(encoder)
+    calls = []
+
+    def core(xs, ilens):
+        calls.append(xs.shape)
+        return xs
+
+    xs, ilens = torch.zeros(2, 9, 32), torch.tensor([9, 7])
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # 600 utterances: above the last bucket (512)
+            assert graphs._run(encoder, core, xs, ilens, 600, 9, False, 4) is xs
+        assert graphs._run(encoder, core, xs, ilens, 600, 9, True, 4) is xs  # asked eager
+    assert len(calls) == 3 and graphs.entries == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "spiking encoder: a batch of 600 x 9 frames is beyond the buckets; such batches run "
+        "without CUDA graphs (slower)"]
+    graphs.warned = False
+    graphs.signature = graphs.watch.signature()
+    graphs.entries = {("bucket", i): None for i in range(graphs_module.MAX_GRAPHS)}
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert graphs._run(encoder, core, xs, ilens, 2, 9, False, 4) is xs
+    assert len(calls) == 4 and "64 buckets are captured already" in caplog.text
 
 
 def test_switch_defaults_to_cuda_only_and_names_a_bad_value(monkeypatch):

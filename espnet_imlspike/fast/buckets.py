@@ -6,7 +6,10 @@ A graph replays fixed shapes, so batches are zero-padded up to a few bucket shap
 
 from typing import Optional
 
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+# up to 512: ESPnet's numel batches of short utterances hold hundreds (LibriSpeech's
+# batch_bins of 1000 s of audio: 35-285 utterances of 3-24 s)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160,
+                 192, 256, 320, 384, 512)
 MAX_FRAMES = 4096
 
 

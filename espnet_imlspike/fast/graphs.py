@@ -12,7 +12,8 @@ workspaces, the step's largest, then share the eager cache instead of every grap
   changes the valid outputs (masks come from the exact lengths, IMLS maxima skip padded
   frames, padded keys get weight 0; extra utterances have length 0), up to the rounding
   of matrix products of another shape. Inputs longer than :data:`~.buckets.MAX_FRAMES`,
-  or more than :data:`MAX_GRAPHS` buckets, run eagerly. Each capture is logged (INFO).
+  larger batches than the last bucket, or more than :data:`MAX_GRAPHS` buckets, run
+  eagerly (a warning says so once). Each capture is logged (INFO).
 * The first call of a bucket captures, then replays, on one side stream of the encoder
   (:meth:`EncoderGraphs.run`). The first capture of each mode (dtype, training,
   autocast, ...) is preceded by a warm-up (one forward and backward whose statistics
@@ -34,68 +35,18 @@ import contextlib
 import logging
 import os
 import time
-import weakref
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
 from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
 from espnet_imlspike.fast.compile_ahead import compile_ahead
+from espnet_imlspike.fast.graph_bucket import Entry, Replay
 from espnet_imlspike.fast.graph_watch import GraphWatch
 from espnet_imlspike.fast.ranks import agree_across_ranks, in_process_group, parameter_aliases
 from espnet_imlspike.neurons import rank_local_maxima
 
-MAX_GRAPHS = 32
-
-
-class _Entry:
-    """Static tensors and graphs of one bucket."""
-
-    def __init__(self, batch: int, frames: int, xs: torch.Tensor, ilens: torch.Tensor):
-        shape = (batch, frames) + tuple(xs.shape[2:])
-        self.xs = torch.zeros(shape, dtype=xs.dtype, device=xs.device)
-        self.ilens = torch.zeros(batch, dtype=ilens.dtype, device=ilens.device)
-        self.forward_graph = torch.cuda.CUDAGraph()
-        self.backward_graph: Optional[torch.cuda.CUDAGraph] = None
-        self.out: Optional[torch.Tensor] = None
-        self.grad_out: Optional[torch.Tensor] = None
-        self.grad_xs: Optional[torch.Tensor] = None
-        self.params: List[torch.nn.Parameter] = []
-        self.has_grad: List[bool] = []
-
-
-class _Replay(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, graphs, entry, xs, ilens, *params):
-        batch, frames = xs.shape[:2]
-        entry.xs.zero_()
-        entry.xs[:batch, :frames].copy_(xs)
-        entry.ilens.zero_()
-        entry.ilens[:batch].copy_(ilens)
-        entry.forward_graph.replay()
-        ctx.graphs, ctx.entry, ctx.batch, ctx.frames = graphs, entry, batch, frames
-        if entry.backward_graph is not None:
-            ctx.token = _Token()
-            graphs.pending = weakref.ref(ctx.token)
-        return entry.out[:batch, :frames].clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        entry, batch = ctx.entry, ctx.batch
-        entry.grad_out.zero_()
-        entry.grad_out[:batch, :grad.size(1)].copy_(grad)
-        entry.backward_graph.replay()
-        ctx.graphs.pending = None
-        grads = ctx.graphs.grad_copies()
-        grads = [grads[id(p)] if has else None for p, has in zip(entry.params, entry.has_grad)]
-        grad_xs = None
-        if entry.grad_xs is not None:
-            grad_xs = entry.grad_xs[:batch, :ctx.frames].clone()
-        return (None, None, grad_xs, None, *grads)
-
-
-class _Token:
-    """Lives as long as a replayed forward's autograd node (backward still possible)."""
+MAX_GRAPHS = 64
 
 
 class EncoderGraphs:
@@ -103,12 +54,12 @@ class EncoderGraphs:
 
     def __init__(self):
         self._reset()
-        self.disabled = False
+        self.disabled = self.warned = False
         self.watch: Optional[GraphWatch] = None
         self.stream: Optional[torch.cuda.Stream] = None
 
     def _reset(self):
-        self.entries: Dict[tuple, _Entry] = {}
+        self.entries: Dict[tuple, Entry] = {}
         self.signature = None
         self.pool = None
         self.warmed = set()  # modes (key without the shape) warmed up on this stream
@@ -172,8 +123,11 @@ class EncoderGraphs:
         return out
 
     def _run(self, module, core, xs, ilens, batch, frames, eager, scale):
+        shape = (batch, frames)
         batch, frames = bucket_batch(batch), bucket_frames(frames, scale)
         if batch is None or frames is None or eager:
+            if not eager:
+                self._warn_eager(f"{shape[0]} x {shape[1]} frames is beyond the buckets")
             return core(xs, ilens)
         signature = self.watch.signature()
         if signature != self.signature:
@@ -186,6 +140,7 @@ class EncoderGraphs:
         entry = self.entries.get(key)
         if entry is None:
             if len(self.entries) >= MAX_GRAPHS:
+                self._warn_eager(f"{MAX_GRAPHS} buckets are captured already")
                 return core(xs, ilens)
             reserved, start = torch.cuda.memory_reserved(), time.perf_counter()
             entry = self._capture_or_none(module, core, xs, ilens, batch, frames, backward,
@@ -198,7 +153,13 @@ class EncoderGraphs:
                          backward, time.perf_counter() - start, reserved / 2**30,
                          torch.cuda.memory_reserved() / 2**30)
         params = entry.params if backward else []
-        return _Replay.apply(self, entry, xs, ilens, *params)
+        return Replay.apply(self, entry, xs, ilens, *params)
+
+    def _warn_eager(self, why: str):
+        if not self.warned:  # once: the same batches come back every epoch
+            self.warned = True
+            logging.warning("spiking encoder: a batch of %s; such batches run without CUDA "
+                            "graphs (slower)", why)
 
     def _capture_or_none(self, module, core, xs, ilens, batch, frames, backward, mode):
         """A bucket's graphs. The first capture of a mode (dtype, training, autocast, ...)
@@ -216,8 +177,8 @@ class EncoderGraphs:
         self.disabled = True
         return None
 
-    def _capture(self, module, core, xs, ilens, batch, frames, backward, warm) -> _Entry:
-        entry = _Entry(batch, frames, xs, ilens)
+    def _capture(self, module, core, xs, ilens, batch, frames, backward, warm) -> Entry:
+        entry = Entry(batch, frames, xs, ilens)
         with torch.no_grad():
             entry.xs[:xs.size(0), :xs.size(1)].copy_(xs)
             entry.ilens[:xs.size(0)].copy_(ilens)

@@ -49,19 +49,19 @@ def _key_padding(valid: torch.Tensor) -> torch.Tensor:
     return ~valid[:, None, None, :]
 
 
-def _softmax_chunk(q_c, k, start, valid, decay, scale, with_soft=False):
+def _softmax_chunk(q_c, k_t, start, valid, decay, scale, with_soft=False):
     """Softmax weights of the query rows from ``start`` (the reference's operations, or
-    their fused kernel on CUDA, :mod:`.attention_kernels`): the scores' dtype, the
-    softmax (None unless ``with_soft`` or computed anyway) and the weights with padded
-    keys zeroed."""
-    scores = torch.matmul(q_c, k.transpose(-2, -1))
+    their fused kernel on CUDA, :mod:`.attention_kernels`) for keys ``k_t`` (N, H, d, L):
+    the scores' dtype, the softmax (None unless ``with_soft`` or computed anyway) and the
+    weights with padded keys zeroed."""
+    scores = torch.matmul(q_c, k_t)
     if attention_kernels.applies(scores):
         weights, soft = attention_kernels.softmax_weights(scores, valid, start, decay,
                                                           scale, with_soft)
         return scores.dtype, soft, weights
     padding = _key_padding(valid)
     if decay is not None:
-        cols = torch.arange(k.size(2), device=k.device)
+        cols = torch.arange(k_t.size(3), device=k_t.device)
         scores = scores * decay_rows(cols[start:start + q_c.size(2)], cols, decay,
                                      scores.dtype)
     scores = scores / scale
@@ -73,9 +73,13 @@ def _softmax_chunk(q_c, k, start, valid, decay, scale, with_soft=False):
 class _ChunkedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, valid, decay, d_k, chunk):
+        # the layouts torch.matmul would copy every chunk's operands into, made once:
+        # a chunk of rows is then a view, and the products see the same layouts
+        q, k, v = _contiguous(q, k, v)
+        k_t = k.transpose(-2, -1).contiguous()
         out = []
         for start in range(0, q.size(2), chunk):
-            _, _, weights = _softmax_chunk(q[:, :, start:start + chunk], k, start, valid,
+            _, _, weights = _softmax_chunk(q[:, :, start:start + chunk], k_t, start, valid,
                                            decay, math.sqrt(d_k))
             out.append(torch.matmul(weights, v))
         ctx.decay, ctx.d_k, ctx.chunk = decay, d_k, chunk
@@ -87,6 +91,8 @@ class _ChunkedSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, valid = ctx.saved_tensors
+        (grad_out,) = _contiguous(grad_out)
+        k_t, v_t = k.transpose(-2, -1).contiguous(), v.transpose(-2, -1).contiguous()
         enabled, dtype = ctx.autocast
         padding = _key_padding(valid)
         length = q.size(2)
@@ -97,10 +103,10 @@ class _ChunkedSoftmax(torch.autograd.Function):
             for start in range(0, length, ctx.chunk):
                 stop = start + ctx.chunk
                 rows, q_c, g_c = cols[start:stop], q[:, :, start:stop], grad_out[:, :, start:stop]
-                scores_dtype, soft, weights = _softmax_chunk(q_c, k, start, valid, ctx.decay,
+                scores_dtype, soft, weights = _softmax_chunk(q_c, k_t, start, valid, ctx.decay,
                                                              scale, with_soft=True)
                 grad_v = _add(grad_v, torch.matmul(weights.transpose(-2, -1), g_c))
-                grad_w = torch.matmul(g_c, v.transpose(-2, -1)).to(soft.dtype)
+                grad_w = torch.matmul(g_c, v_t).to(soft.dtype)
                 grad_w = grad_w.masked_fill(padding, 0.0)
                 grad_s = torch._softmax_backward_data(grad_w, soft, -1, soft.dtype)
                 grad_s = grad_s.to(scores_dtype).masked_fill(padding, 0.0) / scale
@@ -110,6 +116,12 @@ class _ChunkedSoftmax(torch.autograd.Function):
                 grad_k = _add(grad_k, torch.matmul(grad_s.transpose(-2, -1), q_c))
         return (_concat(grad_q), grad_k.to(k.dtype), grad_v.to(v.dtype),
                 None, None, None, None)
+
+
+def _contiguous(*tensors):
+    """Each (N, H, L, d) tensor with its rows contiguous (per-head views of an (N, L, D)
+    tensor are not), so that a chunk of rows needs no copy in a matrix product."""
+    return tuple(t.contiguous() for t in tensors)
 
 
 def _concat(chunks):
