@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZES = {
     "aishell": dict(output_size=256, attention_heads=4, linear_units=2048, num_blocks=12),
+    # conf/asr/librispeech/*_e18.yaml
+    "librispeech": dict(output_size=512, attention_heads=8, linear_units=2048, num_blocks=18,
+                        input_layer="conv2d6"),
     "tiny": dict(output_size=64, attention_heads=2, linear_units=128, num_blocks=2),
 }
 

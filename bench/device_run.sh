@@ -8,7 +8,7 @@
 # tasks: probe checks profile profile_eval replay replay_bf16 stock_bf16 stock_fp32 long
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
 #        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_ab
-#        chunk_probe chunk_profile compile_ahead cold_ahead rounds
+#        chunk_probe chunk_profile compile_ahead cold_ahead rounds librispeech
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -39,6 +39,17 @@ stock_bf16_task() {  # name, seconds, models...: stock asr_train in bf16, logs k
         $RES/$name/$(basename $d).memory.json 2>/dev/null; done
 }
 
+stock_bf16_librispeech() {  # name, models...: asr_train on the LibriSpeech configs
+    local name=$1
+    shift
+    task $name 560 python3 bench/stock_train.py --out /tmp/$name --recipe librispeech \
+        --utterances 8000 --pool 1500 --precision bf16 --models "$@"
+    mkdir -p $RES/$name && cp /tmp/$name/stock_train.* $RES/$name/
+    for d in /tmp/$name/*_bf16; do grep -v "^ " $d/train.log | tail -80 \
+        > $RES/$name/$(basename $d).log; done
+    tar czf $OUT/results.tgz -C $RES .
+}
+
 for t in "$@"; do
     case $t in
     probe)  # capture mode for the tasks after it: the first that captures the encoder
@@ -57,6 +68,27 @@ for t in "$@"; do
             --rounds 3 --models transformer iml_imls_t6 no_encoder_blocks
         mkdir -p $RES/rounds && cp /tmp/rounds/stock_train.* $RES/rounds/
         tail -8 $RES/rounds/stock_train.md ;;
+    profile_librispeech)  # the encoder step at the LibriSpeech size, 64 x 1536 frames
+        task profile_librispeech 300 python3 bench/profile_step.py --out $RES/profile_librispeech \
+            --size librispeech --batch 64 --frames 1536 --top 40 --models transformer \
+            iml_imls_t6 iml_imls_t6@nochunk iml_imls_t6@nographs no_encoder_blocks
+        grep -E "^##|^\{" $RES/profile_librispeech.log ;;
+    profile_ops_librispeech)  # which operators launch the IML step's kernels (no graphs)
+        task profile_ops_librispeech 300 python3 bench/profile_step.py --by-op \
+            --out $RES/profile_ops_librispeech --size librispeech --batch 64 --frames 1536 \
+            --top 60 --models transformer iml_imls_t6@nographs
+        grep -E "^##|^\{" $RES/profile_ops_librispeech.log ;;
+    librispeech_variants)  # the same asr_train runs: the Transformer, IML without chunks
+        stock_bf16_librispeech librispeech_variants transformer iml_imls_t6@nochunk ;;
+    librispeech)  # the LibriSpeech configs (18 x 512, numel batches of 1000 s of audio)
+        task librispeech 580 python3 bench/stock_train.py --out /tmp/librispeech \
+            --recipe librispeech --utterances 8000 --pool 1500 --precision bf16 \
+            --models transformer iml_imls_t6 no_encoder_blocks
+        mkdir -p $RES/librispeech && cp /tmp/librispeech/stock_train.* $RES/librispeech/
+        for d in /tmp/librispeech/*_bf16; do grep -v "^ " $d/train.log | tail -80 \
+            > $RES/librispeech/$(basename $d).log; grep -c "CUDA graph" $d/train.log \
+            > $RES/librispeech/$(basename $d).captures; done
+        tar czf $OUT/results.tgz -C $RES . ;;
     cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)
         task cold_ahead 480 python3 bench/stock_train.py --out /tmp/cold --precision bf16 \
             --cold --models transformer iml_imls_t6 iml_imls_t6@noahead iml_imls_t6:300 \

@@ -222,10 +222,12 @@ def softmax_kernel(device):
                 q_c = q[:, :, start:]
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     attention_kernels.applies = lambda scores: False
-                    _, soft_ref, weights_ref = _softmax_chunk(q_c, k, start, valid, decay, 8.0)
+                    k_t = k.transpose(-2, -1)
+                    _, soft_ref, weights_ref = _softmax_chunk(q_c, k_t, start, valid, decay,
+                                                              8.0)
                     attention_kernels.applies = applies
                     used = applies(q_c @ k.transpose(-2, -1))
-                    _, soft, weights = _softmax_chunk(q_c, k, start, valid, decay, 8.0,
+                    _, soft, weights = _softmax_chunk(q_c, k_t, start, valid, decay, 8.0,
                                                       with_soft=True)
                 weights_ref = weights_ref.to(weights.dtype)  # the product's cast
                 results[f"{keys}_{name}_{'decay' if decay else 'plain'}"] = {

@@ -32,10 +32,15 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--frames", type=int, default=800)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--size", choices=["aishell", "librispeech"], default="aishell",
+                        help="the encoder size of conf/asr/<size>/")
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--eval", action="store_true", help="profile inference calls")
+    parser.add_argument("--by-op", action="store_true",
+                        help="also the operators that launched the most GPU time (their "
+                        "input shapes; graph replays are not broken down: use @nographs)")
     parser.add_argument("--compile", action="store_true",
                         help="with --eval: the torch.compile'd model (compiled first)")
     args = parser.parse_args(argv)
@@ -50,7 +55,7 @@ def main(argv=None):
     for name in args.models:
         torch.manual_seed(0)
         with path_for(name):
-            model = build(name, SIZES["aishell"]).to(device).train()
+            model = build(name, SIZES[args.size]).to(device).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
             def step():
@@ -82,7 +87,8 @@ def main(argv=None):
                 step()
                 synchronize(device)
                 times.append(time.perf_counter() - start)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                         record_shapes=args.by_op) as prof:
                 for _ in range(3):
                     step()
                 synchronize(device)
@@ -99,12 +105,22 @@ def main(argv=None):
         text += [f"{e.self_device_time_total / 3 / 1e3:8.2f} ms {e.count // 3:5d}x "
                  f"{e.key[:90]}" for e in top]
         print("\n".join(text[-args.top - 1:]), flush=True)
+        if args.by_op:
+            operators = [e for e in prof.key_averages(group_by_input_shape=True)
+                         if e.device_type.name == "CPU" and e.self_device_time_total > 0]
+            lines = [f"### {name}: operators by the GPU time of the kernels they launched"]
+            lines += [f"{e.self_device_time_total / 3 / 1e3:8.2f} ms {e.count // 3:5d}x "
+                      f"{e.key} {str(e.input_shapes)[:150]}" for e in sorted(
+                          operators, key=lambda e: -e.self_device_time_total)[:args.top]]
+            text += lines
+            print("\n".join(lines), flush=True)
         del model, optimizer, prof, step
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = (f"profile_{'eval_' if args.eval else ''}"
+        stem = (f"profile_{'' if args.size == 'aishell' else args.size + '_'}"
+                f"{'eval_' if args.eval else ''}"
                 f"{'compiled_' if args.eval and args.compile else ''}{args.dtype}")
         (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
         (args.out / f"{stem}.txt").write_text("\n".join(text) + "\n")

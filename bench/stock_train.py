@@ -18,6 +18,13 @@ allocated once, at capture), so "allocated + graph pool" adds the pool held at e
 
 ``--cold`` gives each model run its own empty Triton cache (``TRITON_CACHE_DIR``): every
 run then pays the kernels' compilation, as a machine's first run does.
+
+``--recipe librispeech`` trains the LibriSpeech configs instead (``conf/asr/librispeech/``,
+18 blocks of 512, conv2d6, ESPnet's ``numel`` batches) on LibriSpeech-like utterances
+(3-24 s, a 5000-token list). The recipe's ``batch_bins: 16000000`` counts raw 16 kHz
+samples (1000 s of audio a batch); here the features are 80-dim frames of 10 ms, so the
+same audio per batch is ``--batch_bins 8000000``. The utterances share a pool of feature
+files (``--pool``), so a corpus of many hours stays small on disk.
 """
 
 import argparse
@@ -52,25 +59,40 @@ MODELS = {  # name: (config, environment, extra arguments)
     "no_encoder_blocks": ("train_asr_transformer_30.35m.yaml", {},
                           ["--encoder_conf", "num_blocks=0"]),
 }
-VOCAB = 4233
+# recipe: (config folder, its config for each aishell config name, frames (low, high),
+# token list size, extra arguments)
+RECIPES = {
+    "aishell": (CONF, {}, (300, 1600), 4233, []),
+    "librispeech": (REPO / "conf/asr/librispeech",
+                    {"train_asr_transformer_30.35m.yaml": "train_asr_transformer_e18.yaml",
+                     "train_asr_iml_spikeformer.yaml": "train_asr_iml_spikeformer_e18.yaml"},
+                    (300, 2400), 5000, ["--batch_bins", "8000000"]),
+}
 
 
-def make_corpus(root: Path, utterances: int, low: int, high: int, seed: int = 0):
-    """Kaldi-style dirs with npy features, text, shape files; and a token list."""
+def make_corpus(root: Path, utterances: int, low: int, high: int, seed: int = 0,
+                vocab: int = 4233, pool: int = 0):
+    """Kaldi-style dirs with npy features, text, shape files; and a token list. With
+    ``pool``, the training utterances reuse ``pool`` feature files in turn."""
     rng = np.random.default_rng(seed)
-    tokens = ["<blank>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 3)] + ["<sos/eos>"]
+    tokens = ["<blank>", "<unk>"] + [f"w{i}" for i in range(vocab - 3)] + ["<sos/eos>"]
     (root / "tokens.txt").parent.mkdir(parents=True, exist_ok=True)
     (root / "tokens.txt").write_text("\n".join(tokens) + "\n")
     for name, count in (("train", utterances), ("valid", 16)):
         folder = root / name
         (folder / "feats").mkdir(parents=True, exist_ok=True)
         scp, text, speech_shape, text_shape = [], [], [], []
+        files = {}  # file index: (path, frames)
         for index in range(count):
             key = f"{name}{index:06d}"
-            frames = int(rng.integers(low, high + 1))
-            path = folder / "feats" / f"{key}.npy"
-            np.save(path, rng.standard_normal((frames, 80), dtype=np.float32))
-            words = [f"w{i}" for i in rng.integers(0, VOCAB - 3, max(1, frames // 30))]
+            file_index = index % pool if pool and name == "train" else index
+            if file_index not in files:
+                frames = int(rng.integers(low, high + 1))
+                path = folder / "feats" / f"{key}.npy"
+                np.save(path, rng.standard_normal((frames, 80), dtype=np.float32))
+                files[file_index] = (path, frames)
+            path, frames = files[file_index]
+            words = [f"w{i}" for i in rng.integers(0, vocab - 3, max(1, frames // 30))]
             scp.append(f"{key} {path}")
             text.append(f"{key} {' '.join(words)}")
             speech_shape.append(f"{key} {frames},80")
@@ -133,8 +155,13 @@ def parse_log(text: str):
     return marks, (float(cached[-1]) if cached else None)
 
 
-def run_model(name, precision, data, tokens, out, steps, smoke, cold=False):
+def run_model(name, precision, data, tokens, out, steps, smoke, cold=False,
+              recipe="aishell"):
     config_file, env_extra, extra = MODELS[name.split(":")[0]]
+    folder, configs, _, _, recipe_extra = RECIPES[recipe]
+    if recipe != "aishell" and config_file not in configs:
+        raise SystemExit(f"model {name!r} has no {recipe} config")
+    config_file, extra = configs.get(config_file, config_file), recipe_extra + extra
     if ":" in name:
         steps = int(name.split(":")[1])
     run_dir = out / f"{name.replace('@', '_').replace(':', '_')}_{precision}"
@@ -146,7 +173,7 @@ def run_model(name, precision, data, tokens, out, steps, smoke, cold=False):
         env["TRITON_CACHE_DIR"] = str(run_dir / "triton_cache")
         shutil.rmtree(env["TRITON_CACHE_DIR"], ignore_errors=True)
     begin = time.perf_counter()
-    done = subprocess.run(train_command(CONF / config_file, data, tokens, run_dir / "exp",
+    done = subprocess.run(train_command(folder / config_file, data, tokens, run_dir / "exp",
                                         steps, precision, smoke) + extra,
                           env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - begin
@@ -225,20 +252,25 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the model list this many times in turn (machines drift: "
                         "each round's ratios are taken to its own Transformer run)")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="aishell")
+    parser.add_argument("--pool", type=int, default=0,
+                        help="feature files the training utterances share (0: one each)")
     parser.add_argument("--cold", action="store_true",
                         help="each model run with its own empty Triton cache (a first run)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.utterances = 4, 24
     data = args.out / "corpus"
-    low, high = (100, 200) if args.smoke else (300, 1600)
-    tokens = make_corpus(data, args.utterances, low, high)
+    _, _, (low, high), vocab, _ = RECIPES[args.recipe]
+    if args.smoke:
+        low, high = 100, 200
+    tokens = make_corpus(data, args.utterances, low, high, vocab=vocab, pool=args.pool)
     rows = []
     for round_index, precision in itertools.product(range(args.rounds), args.precision):
         for name in args.models:
             out = args.out / f"round{round_index + 1}" if args.rounds > 1 else args.out
             row = run_model(name, precision, data, tokens, out, args.steps, args.smoke,
-                            args.cold)
+                            args.cold, args.recipe)
             if args.rounds > 1:
                 row["round"] = round_index + 1
             rows.append(row)
