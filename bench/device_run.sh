@@ -61,6 +61,12 @@ for t in "$@"; do
         else export IMLSPIKE_CUDA_GRAPHS=0; fi
         echo "capture mode: ${mode:-none, CUDA graphs off}" | tee -a $RES/device.txt ;;
     checks) task checks 300 python3 bench/fast_checks.py --out $RES/checks ;;
+    softmax_checks)  # the attention kernels alone (forward and backward) vs PyTorch's ops
+        task softmax_checks 200 python3 bench/fast_checks.py --out $RES/softmax_checks \
+            --parts softmax ;;
+    aishell_round)  # one asr_train round: Transformer, default, floor, multi-step
+        stock_bf16_task aishell_round 420 transformer iml_imls_t6 no_encoder_blocks \
+            iml_multistep_t6:100 ;;
     compile_ahead)  # a first run's kernel compilation, serial vs ahead, each cache empty
         task compile_ahead 300 python3 bench/compile_ahead_probe.py --out $RES/compile_ahead ;;
     rounds)  # the default beside the Transformer and the floor, three rounds in turn

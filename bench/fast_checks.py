@@ -13,8 +13,9 @@
   forward and backward of each, fp32, bf16 autocast and float64; and the whole encoder
   (fused, eager) with it vs with the module. It equals the module to rounding only, so the
   checks above run with the module (``IMLSPIKE_CHUNKED_INPUT=0``): bit for bit there;
-* the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) vs the
-  PyTorch operations it replaces, bit for bit, 1 to 1024 keys, fp32 and bf16 autocast.
+* the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) and its
+  backward kernel vs the PyTorch operations they replace, bit for bit, 1 to 1024 keys,
+  fp32 and bf16 autocast; the chunked attention's backward with and without it.
 
     python bench/fast_checks.py --out bench/out
 """
@@ -240,6 +241,62 @@ def softmax_kernel(device):
     return results
 
 
+def softmax_backward_kernel(device):
+    """The fused backward of the softmax weights vs the PyTorch operations it replaces
+    (share of differing gradient values), with PyTorch's ``T - P * sum`` taken as one
+    fused multiply-add (the kernel's default) and rounded twice; and the chunked
+    attention's whole backward (q, k, v gradients) with the kernel vs without it."""
+    from espnet_imlspike.fast import attention_kernels
+    from espnet_imlspike.fast.long_attention import (
+        _key_padding,
+        _softmax_backward,
+        chunked_softmax_context,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    results = {}
+    for keys in (1, 5, 33, 149, 320, 1000, 1024):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            for decay in (1 - 2**-6, None):
+                n, heads, start = 4, 4, keys // 3  # query rows start .. keys - 1
+                scores = (torch.randn(n, heads, keys - start, keys, generator=generator)
+                          * 8).to(dtype)
+                lengths = torch.randint(1, keys + 1, (n,), generator=generator)
+                lengths[0], lengths[-1] = keys, 0
+                valid = (torch.arange(keys)[None] < lengths[:, None]).to(device)
+                grad_w = torch.randn(scores.shape, generator=generator).to(dtype).to(device)
+                scores, scale = scores.to(device), 8.0
+                _, soft = attention_kernels.softmax_weights(scores, valid, start, decay, scale,
+                                                            with_soft=True)
+                cols = torch.arange(keys, device=device)
+                ref = _softmax_backward(grad_w, soft, _key_padding(valid),
+                                        cols[start:], cols, decay, scale, dtype)
+                row = {"kernel_applies": attention_kernels.backward_applies(grad_w, soft, dtype)}
+                for fma in (True, False):
+                    out = attention_kernels.softmax_weights_backward(
+                        grad_w, soft, valid, start, decay, scale, dtype, fma=fma)
+                    row[f"{'fma' if fma else 'unfused'}_share_differing"] = float(
+                        (out != ref).float().mean())
+                results[f"{keys}_{name}_{'decay' if decay else 'plain'}"] = row
+    applies = attention_kernels.backward_applies
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        q, k, v = (torch.randn(6, 4, 700, 64, generator=generator).to(device).requires_grad_()
+                   for _ in range(3))
+        lengths = torch.tensor([700, 650, 600, 500, 300, 1], device=device)
+        valid = torch.arange(700, device=device)[None] < lengths[:, None]
+        grad = torch.randn(6, 4, 700, 64, generator=generator).to(device)
+        grads = []
+        for use in (True, False):
+            attention_kernels.backward_applies = applies if use else (lambda *a: False)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                out = chunked_softmax_context(q, k, v, valid, 1 - 2**-6, 64, chunk=256)
+            grads.append(torch.autograd.grad(out, (q, k, v), grad.to(out.dtype)))
+        attention_kernels.backward_applies = applies
+        results[f"chunked_backward_{name}_share_differing"] = max(
+            float((a != b).float().mean()) for a, b in zip(*grads))
+    return results
+
+
 def input_layer(device, dtype, size, frames=1536, batch_size=20):
     """The chunked input layer vs ESPnet's module: outputs, gradients, peak memory."""
     from espnet_imlspike.fast import subsampling
@@ -327,6 +384,7 @@ def main(argv=None):
         results["long_attention_fp32"] = long_attention(device)
     if "softmax" in args.parts and device.type == "cuda":
         results["softmax_kernel"] = softmax_kernel(device)
+        results["softmax_backward_kernel"] = softmax_backward_kernel(device)
     print_and_write(results, args.out, "fast_checks.json")
 
 

@@ -107,3 +107,80 @@ def test_the_kernel_applies_only_where_it_reproduces_pytorch():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert attention_kernels.product_dtype(scores.bfloat16()) == torch.bfloat16
         assert attention_kernels.product_dtype(scores) is None
+
+
+def backward_inputs(batch, heads, keys, queries, start, dtype, decay, seed=0):
+    """A softmax from the forward kernel and a gradient of the weights in the dtype the
+    product ``dO V^T`` gives."""
+    scores, valid = inputs(batch, heads, keys, queries, dtype, seed)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        _, soft = attention_kernels.softmax_weights(scores, valid, start, decay, 5.0, True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    grad = torch.randn(scores.shape, generator=generator).to(dtype)
+    return grad, soft, valid
+
+
+def cuda_order_backward(grad, soft, valid, start, decay, scale, dtype):
+    """The reference backward's arithmetic on CUDA, element by element in numpy: padded
+    keys' gradient 0, ``T = G * P``, each lane's sum of ``T`` in key order and the lanes
+    pairwise (``softmax_warp_backward``), ``T - P * sum`` rounded once, cast, padding,
+    scale, decay."""
+    batch, heads, queries, keys = soft.shape
+    keep = valid.numpy()[:, None, None, :]
+    p = soft.numpy()
+    t = (np.where(keep, grad.float().numpy(), np.float32(0.0)) * p).astype(np.float32)
+    width = max(32, 1 << (keys - 1).bit_length())
+    padded = np.zeros(t.shape[:-1] + (width,), dtype=np.float32)
+    padded[..., :keys] = t
+    lanes = padded.reshape(t.shape[:-1] + (width // 32, 32))
+    per_lane = np.zeros(t.shape[:-1] + (32,), dtype=np.float32)
+    for it in range(lanes.shape[-2]):
+        per_lane = per_lane + lanes[..., it, :]
+    for half in (16, 8, 4, 2, 1):
+        per_lane = per_lane[..., :half] + per_lane[..., half:2 * half]
+    # fma(-P, sum, T): the product exact in float64, one rounding (as the GPU's fma and
+    # triton_interpreter.py's emulation of it)
+    g = (t.astype(np.float64) - p.astype(np.float64) * per_lane).astype(np.float32)
+    g = np.where(keep, _round(g, dtype), np.float32(0.0))
+    g = _round(g * (np.float32(1.0) / np.float32(scale)), dtype)
+    if decay is not None:
+        cols = torch.arange(keys)
+        factor = decay_rows(cols[start:start + queries], cols, decay, dtype).float().numpy()
+        g = _round(g * factor, dtype)
+    return torch.from_numpy(g.astype(np.float32)).to(dtype)
+
+
+@pytest.mark.parametrize("batch,heads,keys,queries,start", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("decay", [0.96875, None])
+def test_backward_equals_the_cuda_arithmetic(batch, heads, keys, queries, start, dtype, decay):
+    """Bit for bit in the interpreter (its ``fma`` made to round once, as the GPU's, by
+    triton_interpreter.py); that PyTorch's CUDA kernel fuses ``T - P * sum`` so is shown
+    by the GPU check (bench/fast_checks.py), which runs both variants."""
+    grad, soft, valid = backward_inputs(batch, heads, keys, queries, start, dtype, decay)
+    scale = math.sqrt(24)
+    out = attention_kernels.softmax_weights_backward(grad, soft, valid, start, decay, scale,
+                                                     dtype)
+    expected = cuda_order_backward(grad, soft, valid, start, decay, scale, dtype)
+    assert out.dtype == dtype and torch.equal(out, expected)
+    assert (out[~valid[:, None, None, :].expand_as(out)] == 0).all()
+
+
+def test_backward_approaches_the_float64_gradient():
+    """Against autograd of the weights in float64 (an independent computation)."""
+    batch, heads, keys, start, decay, scale = 2, 2, 77, 0, 0.984375, 8.0
+    grad, soft, valid = backward_inputs(batch, heads, keys, keys, start, torch.float32, decay,
+                                        seed=2)
+    scores = torch.randn(batch, heads, keys, keys, generator=torch.Generator().manual_seed(3),
+                         dtype=torch.float64, requires_grad=True)
+    distance = (torch.arange(77.0)[:, None] - torch.arange(77.0)[None, :]).abs()
+    factor = decay ** distance.double()
+    logits = (scores * factor / scale).masked_fill(~valid[:, None, None, :], -math.inf)
+    weights = torch.softmax(logits, -1).masked_fill(~valid[:, None, None, :], 0.0)
+    weights.backward(grad.double())
+    with torch.no_grad():  # the kernel's softmax from these scores, in float32
+        _, soft = attention_kernels.softmax_weights(scores.float(), valid, start, decay, scale,
+                                                    True)
+    out = attention_kernels.softmax_weights_backward(grad, soft, valid, start, decay, scale,
+                                                     torch.float32)
+    assert torch.allclose(out.double(), scores.grad, rtol=1e-4, atol=1e-6)

@@ -26,6 +26,17 @@ flushes such values to zero. Used on CUDA tensors by the fast path when the Trit
 kernels of :mod:`.kernels` are; rows longer than 1024 keys (PyTorch reduces those in
 another order) and other dtype combinations keep the PyTorch operations. On the CPU the
 tests run this kernel in Triton's interpreter.
+
+Backward (:func:`softmax_weights_backward`): from the gradient of the weights ``G = dO V^T``
+the chunked attention's backward (:class:`~.long_attention._ChunkedSoftmax`) made nine
+passes over the map (a float32 copy, padding, ``G * P`` and the softmax backward, the cast,
+padding, the scale, the decay factors and their product). One kernel reads ``G`` and the
+float32 softmax ``P`` once and writes the scores' gradient, with PyTorch's CUDA
+arithmetic: ``T = G * P`` (padded keys' ``G`` zeroed first), each row's ``sum(T)`` in the
+order of ``softmax_warp_backward`` (the forward's lanes and pairwise steps),
+``T - P * sum`` as one fused multiply-add (``fma(-P, sum, T)``, the contraction nvcc
+makes of that kernel's expression), then the cast, padding, scale and decay roundings of
+the forward.
 """
 
 import math
@@ -116,6 +127,57 @@ if kernels.triton is not None:
             tl.store(weights_ptr + offsets, weights.to(weights_ptr.dtype.element_ty), mask=ok)
 
 
+    @triton.jit
+    def _grad_times_soft(grad_ptr, soft_ptr, valid_ptr, base, batch, cols, row_ok, keys):
+        """``T = G * P`` of columns ``cols`` in float32 (0 for padded keys and beyond the
+        row), with ``P`` and the keys' validity."""
+        ok = row_ok[:, None] & (cols[None, :] < keys)
+        offsets = base[:, None] + cols[None, :]
+        grad = tl.load(grad_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+        soft = tl.load(soft_ptr + offsets, mask=ok, other=0.0)
+        valid = tl.load(valid_ptr + batch[:, None] * keys + cols[None, :], mask=ok,
+                        other=0) != 0
+        return tl.where(valid, grad, 0.0) * soft, soft, valid, ok
+
+    @triton.jit(do_not_specialize=["rows", "queries", "heads", "start", "iters"])
+    def _softmax_backward_kernel(grad_ptr, soft_ptr, valid_ptr, decay_ptr, out_ptr, rows,
+                                 queries, heads, start, keys, iters, inv_scale,
+                                 HAS_DECAY: tl.constexpr, FMA: tl.constexpr,
+                                 LANES: tl.constexpr, BLOCK_R: tl.constexpr):
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_ok = r < rows
+        batch = r // (heads * queries)
+        query = start + r % queries
+        base = r.to(tl.int64) * keys
+        lanes = tl.arange(0, LANES)
+        dtype = out_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_R, LANES], tl.float32)  # each lane's sum in key order
+        for it in range(iters):
+            t, _, _, _ = _grad_times_soft(grad_ptr, soft_ptr, valid_ptr, base, batch,
+                                          it * LANES + lanes, row_ok, keys)
+            acc += t
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 16)), axis=1)  # lanes at 16, 8, 4, 2, 1
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 8)), axis=1)
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 4)), axis=1)
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 2)), axis=1)
+        total = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 1)), axis=1)  # (BLOCK_R, 1)
+        for it in range(iters):
+            cols = it * LANES + lanes
+            t, soft, valid, ok = _grad_times_soft(grad_ptr, soft_ptr, valid_ptr, base,
+                                                  batch, cols, row_ok, keys)
+            if FMA:
+                g = tl.fma(-soft, total, t)
+            else:
+                g = t - soft * total
+            g = tl.where(valid, g.to(dtype).to(tl.float32), 0.0)
+            g = (g * inv_scale).to(dtype)
+            if HAS_DECAY:  # H[i, j] from the table of phi^d, d = |i - j|
+                distance = tl.abs(query[:, None] - cols[None, :])
+                decay = tl.load(decay_ptr + distance, mask=ok, other=1.0).to(tl.float32)
+                g = (g.to(tl.float32) * decay).to(dtype)
+            tl.store(out_ptr + base[:, None] + cols[None, :], g, mask=ok)
+
+
 def product_dtype(scores: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype in which the weights enter the next matrix product where the kernel
     reproduces the PyTorch operations (None where it does not apply): the autocast dtype
@@ -154,14 +216,60 @@ def softmax_weights(
     rows = batch * heads * queries
     if rows == 0 or keys == 0:
         return weights, soft
-    # phi^d for every distance d, with the operations (and CUDA's exp) of decay_rows
-    table = (torch.exp(torch.arange(keys, dtype=torch.float32, device=scores.device)
-                       * math.log(decay)).to(scores.dtype)
-             if decay is not None else weights)
-    inv_scale = float(np.float32(1.0) / np.float32(scale))
+    table = _decay_table(keys, decay, scores.dtype, scores.device, weights)
+    inv_scale = _inverse(scale)
     _softmax_weights_kernel[(triton.cdiv(rows, _BLOCK_ROWS),)](
         scores, valid.contiguous().view(torch.uint8), table, soft if with_soft else weights,
         weights, rows, queries, heads, start, keys, triton.cdiv(keys, _LANES), inv_scale,
         float(torch.finfo(scores.dtype).min), HAS_DECAY=decay is not None,
         WRITE_SOFT=with_soft, LANES=_LANES, BLOCK_R=_BLOCK_ROWS, enable_fp_fusion=False)
     return weights, soft
+
+
+def backward_applies(grad_weights: torch.Tensor, soft: torch.Tensor,
+                     scores_dtype: torch.dtype) -> bool:
+    """Whether :func:`softmax_weights_backward` replaces the PyTorch operations: CUDA with
+    working Triton kernels, a float32 softmax of at most :data:`MAX_KEYS` keys (PyTorch's
+    warp backward), the dtypes the forward kernel takes."""
+    floats = (torch.float32, torch.bfloat16, torch.float16)
+    return (soft.is_cuda and soft.dim() == 4 and 0 < soft.size(-1) <= MAX_KEYS
+            and soft.dtype == torch.float32 and grad_weights.shape == soft.shape
+            and grad_weights.dtype in floats and scores_dtype in floats
+            and kernels.available(soft, 1))
+
+
+def softmax_weights_backward(
+    grad_weights: torch.Tensor, soft: torch.Tensor, valid: torch.Tensor, start: int,
+    decay: Optional[float], scale: float, scores_dtype: torch.dtype, fma: bool = True,
+) -> torch.Tensor:
+    """Gradient (N, H, C, L), in ``scores_dtype``, of the scores ``Q_c K^T`` from that of
+    the weights (``grad_weights``) and the float32 softmax ``soft`` that
+    :func:`softmax_weights` wrote for the same rows. ``fma=False`` rounds ``P * sum``
+    before the subtraction (for the GPU check that shows which one PyTorch does)."""
+    batch, heads, queries, keys = soft.shape
+    grad_weights, soft = grad_weights.contiguous(), soft.contiguous()
+    out = torch.empty(soft.shape, dtype=scores_dtype, device=soft.device)
+    rows = batch * heads * queries
+    if rows == 0:
+        return out
+    table = _decay_table(keys, decay, scores_dtype, soft.device, out)
+    _softmax_backward_kernel[(triton.cdiv(rows, _BLOCK_ROWS),)](
+        grad_weights, soft, valid.contiguous().view(torch.uint8), table, out, rows, queries,
+        heads, start, keys, triton.cdiv(keys, _LANES), _inverse(scale),
+        HAS_DECAY=decay is not None, FMA=fma, LANES=_LANES, BLOCK_R=_BLOCK_ROWS,
+        enable_fp_fusion=False)
+    return out
+
+
+def _decay_table(keys, decay, dtype, device, unused):
+    """phi^d for every distance d, with the operations (and CUDA's exp) of ``decay_rows``
+    (``unused``, any tensor, where there is no decay)."""
+    if decay is None:
+        return unused
+    return (torch.exp(torch.arange(keys, dtype=torch.float32, device=device)
+                      * math.log(decay)).to(dtype))
+
+
+def _inverse(scale: float) -> float:
+    """1 / scale in float32, as PyTorch's CUDA division by a Python number takes it."""
+    return float(np.float32(1.0) / np.float32(scale))

@@ -106,16 +106,28 @@ class _ChunkedSoftmax(torch.autograd.Function):
                 scores_dtype, soft, weights = _softmax_chunk(q_c, k_t, start, valid, ctx.decay,
                                                              scale, with_soft=True)
                 grad_v = _add(grad_v, torch.matmul(weights.transpose(-2, -1), g_c))
-                grad_w = torch.matmul(g_c, v_t).to(soft.dtype)
-                grad_w = grad_w.masked_fill(padding, 0.0)
-                grad_s = torch._softmax_backward_data(grad_w, soft, -1, soft.dtype)
-                grad_s = grad_s.to(scores_dtype).masked_fill(padding, 0.0) / scale
-                if ctx.decay is not None:
-                    grad_s = grad_s * decay_rows(rows, cols, ctx.decay, grad_s.dtype)
+                grad_w = torch.matmul(g_c, v_t)
+                if attention_kernels.backward_applies(grad_w, soft, scores_dtype):
+                    grad_s = attention_kernels.softmax_weights_backward(
+                        grad_w, soft, valid, start, ctx.decay, scale, scores_dtype)
+                else:
+                    grad_s = _softmax_backward(grad_w, soft, padding, rows, cols, ctx.decay,
+                                               scale, scores_dtype)
                 grad_q.append(torch.matmul(grad_s, k).to(q.dtype))
                 grad_k = _add(grad_k, torch.matmul(grad_s.transpose(-2, -1), q_c))
         return (_concat(grad_q), grad_k.to(k.dtype), grad_v.to(v.dtype),
                 None, None, None, None)
+
+
+def _softmax_backward(grad_w, soft, padding, rows, cols, decay, scale, scores_dtype):
+    """The scores' gradient of a chunk from the weights' (the reference's operations;
+    :func:`.attention_kernels.softmax_weights_backward` fuses them on CUDA)."""
+    grad_w = grad_w.to(soft.dtype).masked_fill(padding, 0.0)
+    grad_s = torch._softmax_backward_data(grad_w, soft, -1, soft.dtype)
+    grad_s = grad_s.to(scores_dtype).masked_fill(padding, 0.0) / scale
+    if decay is not None:
+        grad_s = grad_s * decay_rows(rows, cols, decay, grad_s.dtype)
+    return grad_s
 
 
 def _contiguous(*tensors):
