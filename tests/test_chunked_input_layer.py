@@ -33,6 +33,7 @@ def grads(out, inputs, weight):
 @pytest.mark.parametrize("budget", [1, 20_000, 1 << 25])  # one row, a few rows, one chunk
 def test_chunked_input_layer_equals_espnets_module(name, budget, monkeypatch):
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", budget)
+    monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
     embed = layer(name)
     xs = torch.randn(3, 61, FREQ, dtype=torch.float64, requires_grad=True)
     with fast_mode("1"):
@@ -54,18 +55,34 @@ def test_chunked_input_layer_equals_espnets_module(name, budget, monkeypatch):
         assert chunks[-1][1] - chunks[-1][0] < chunks[0][1] - chunks[0][0]
 
 
+def test_large_batches_get_chunks_of_at_least_eight_output_rows():
+    """LibriSpeech's numel batches (conv2d6, 512 channels): 285 utterances of 300 frames
+    fit one output row per 2^25-value map; chunks of 8 rows instead (26 rows of the first
+    map), while AISHELL's batches of 32 keep the budget's 52-row chunks."""
+    from espnet_imlspike.fast.subsampling import _Geometry
+
+    conv2d6 = _Geometry(((3, 3), (5, 5)), ((2, 2), (3, 3)), (512, 512))
+    chunks = conv2d6.chunks(285, 300, 80)
+    assert [end - first for first, end, _, _ in chunks] == [8] * 6 + [1]
+    assert chunks[0][3] - chunks[0][2] == 2 * 26 + 1  # input rows of 26 first-map rows
+    conv2d = _Geometry(((3, 3), (3, 3)), ((2, 2), (2, 2)), (256, 256))
+    assert {end - first for first, end, _, _ in conv2d.chunks(32, 1600, 80)[:-1]} == {52}
+
+
 @pytest.mark.parametrize("name", ["conv2d", "conv2d6", "conv2d8"])
 def test_chunks_cover_every_output_row_once_and_read_the_rows_it_needs(name):
     embed = layer(name)
     xs = torch.randn(2, 97, FREQ, dtype=torch.float64)
     with torch.no_grad():
         full = embed.conv(xs.unsqueeze(1))
-        for budget in (1, 5_000, 40_000):
-            subsampling.ELEMENTS_PER_CHUNK, saved = budget, subsampling.ELEMENTS_PER_CHUNK
+        for budget, least in ((1, 1), (5_000, 1), (40_000, 1), (1, 8)):
+            saved = subsampling.ELEMENTS_PER_CHUNK, subsampling.MIN_ROWS_PER_CHUNK
+            subsampling.ELEMENTS_PER_CHUNK, subsampling.MIN_ROWS_PER_CHUNK = budget, least
             try:
                 chunks = geometry(embed).chunks(2, 97, FREQ)
             finally:
-                subsampling.ELEMENTS_PER_CHUNK = saved
+                subsampling.ELEMENTS_PER_CHUNK, subsampling.MIN_ROWS_PER_CHUNK = saved
+            assert all(end - first >= least for first, end, _, _ in chunks[:-1])
             assert [c[0] for c in chunks] == [0] + [c[1] for c in chunks[:-1]]
             assert chunks[-1][1] == full.size(2)
             for first, end, in_first, in_end in chunks:
@@ -74,7 +91,7 @@ def test_chunks_cover_every_output_row_once_and_read_the_rows_it_needs(name):
                 assert part.size(2) == end - first and in_end <= xs.size(1)
                 torch.testing.assert_close(part, full[:, :, first:end], rtol=0, atol=1e-12)
                 largest = max(t.numel() for t in _maps(embed, xs[:, in_first:in_end]))
-                assert largest <= budget or end - first == 1
+                assert largest <= budget or end - first <= least
 
 
 def _maps(embed, rows):

@@ -8,7 +8,8 @@ caching allocator ends up holding a segment per size it met (the floor rows of
 bench/README.md: 2.99 GiB reserved for 1.05 GiB allocated).
 
 :func:`subsample` runs the same convolutions over chunks of output frames whose feature
-maps stay under :data:`ELEMENTS_PER_CHUNK` values each, channels-last (cuDNN's layout in
+maps stay under :data:`ELEMENTS_PER_CHUNK` values each (chunks of at least
+:data:`MIN_ROWS_PER_CHUNK` output frames), channels-last (cuDNN's layout in
 half precision: no layout conversions), and keeps only the input features and its own
 output (which ESPnet's output Linear keeps anyway: the last ReLU's mask). Backward
 recomputes each chunk's maps but the last (for ``conv2d``: the first convolution, from one
@@ -39,8 +40,12 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
 
 from espnet_imlspike.fast import enabled, has_hooks
 
-# values of the largest feature map one chunk computes (64 MiB in bf16)
+# values of the largest feature map one chunk computes (64 MiB in bf16) ...
 ELEMENTS_PER_CHUNK = 1 << 25
+# ... unless that leaves fewer output rows: batches of hundreds of utterances (ESPnet's numel
+# batches) then ran 50 chunks of 1-2 rows, each recomputing the overlap of its first map
+# (5 rows of conv2d6's for 1 output row, 26 for 8) with its own launches and host work
+MIN_ROWS_PER_CHUNK = 8
 _announced = False  # the first use is logged, as the CUDA graphs' captures are
 # ESPnet's conv-subsampling modules by their ``input_layer`` names (the encoders build them)
 STOCK_MODULES = {"conv2d": Conv2dSubsampling, "conv2d1": Conv2dSubsampling1,
@@ -78,7 +83,7 @@ class _Geometry:
                 low = middle
             else:
                 high = middle - 1
-        step = low
+        step = max(low, min(MIN_ROWS_PER_CHUNK, total))
         stride = 1
         for s in self.strides:
             stride *= s[0]
