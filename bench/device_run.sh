@@ -84,6 +84,11 @@ for t in "$@"; do
             --out $RES/profile_ops_librispeech --size librispeech --batch 64 --frames 1536 \
             --top 60 --models transformer iml_imls_t6@nographs
         grep -E "^##|^\{" $RES/profile_ops_librispeech.log ;;
+    profile_short_librispeech)  # the encoder step on a numel batch of short utterances
+        task profile_short_librispeech 200 python3 bench/profile_step.py \
+            --out $RES/profile_short_librispeech --size librispeech --batch 256 --frames 384 \
+            --top 30 --models transformer iml_imls_t6 iml_imls_t6@nochunk
+        grep -E "^##" $RES/profile_short_librispeech.log ;;
     librispeech_variants)  # the same asr_train runs: the Transformer, IML without chunks
         stock_bf16_librispeech librispeech_variants transformer iml_imls_t6@nochunk ;;
     librispeech)  # the LibriSpeech configs (18 x 512, numel batches of 1000 s of audio)
