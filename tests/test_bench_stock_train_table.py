@@ -46,3 +46,43 @@ def test_a_single_run_has_no_rounds_and_no_summary():
     report = stock_train.table(rows)
     assert "Median over rounds" not in report
     assert "| iml_imls_t6 | bf16 | 300 | 80.0 | x0.80 |" in report
+
+
+def test_a_pooled_corpus_shares_feature_files_and_keeps_their_shapes(tmp_path):
+    """``--pool``: training utterances reuse the pool's files in turn; each key's shape is
+    its file's, its text about one token per 30 frames; the valid set is not pooled."""
+    import numpy as np
+
+    stock_train = load_stock_train()
+    tokens = stock_train.make_corpus(tmp_path, 10, 40, 90, vocab=50, pool=4)
+    assert len(tokens.read_text().split()) == 50
+    scp = dict(line.split() for line in (tmp_path / "train/feats.scp").read_text().split("\n")
+               if line)
+    shapes = dict(line.split() for line in
+                  (tmp_path / "train/speech_shape").read_text().split("\n") if line)
+    text = dict(line.split(maxsplit=1) for line in
+                (tmp_path / "train/text").read_text().split("\n") if line)
+    assert len(scp) == 10 and len(set(scp.values())) == 4
+    assert scp["train000001"] == scp["train000005"] == scp["train000009"]
+    for key, path in scp.items():
+        frames = np.load(path).shape[0]
+        assert shapes[key] == f"{frames},80" and 40 <= frames <= 90
+        assert len(text[key].split()) == max(1, frames // 30)
+    valid = (tmp_path / "valid/feats.scp").read_text().split()
+    assert len(set(valid[1::2])) == 16
+
+
+def test_the_librispeech_recipe_trains_its_own_configs(tmp_path):
+    """``--recipe librispeech`` maps each model to the e18 config and adds the batch bins;
+    a model without a LibriSpeech config is refused by name."""
+    import pytest
+
+    stock_train = load_stock_train()
+    folder, configs, _, vocab, extra = stock_train.RECIPES["librispeech"]
+    for name in ("transformer", "iml_imls_t6", "no_encoder_blocks"):
+        config = configs[stock_train.MODELS[name][0]]
+        assert (folder / config).is_file() and "e18" in config
+    assert vocab == 5000 and extra == ["--batch_bins", "8000000"]
+    with pytest.raises(SystemExit, match="iml_multistep_t6.*no librispeech config"):
+        stock_train.run_model("iml_multistep_t6", "bf16", tmp_path, tmp_path / "t", tmp_path,
+                              4, True, recipe="librispeech")
