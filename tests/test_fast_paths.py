@@ -153,6 +153,31 @@ def test_memory_linear_attention_equals_the_explicit_map(decay, variant, norm):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_chunked_softmax_takes_per_head_views_as_the_blocks_pass_them():
+    """The blocks pass q, k, v as per-head views of (N, L, D) tensors (not contiguous), and
+    merging the heads hands backward a non-contiguous gradient; chunks of rows of them."""
+    from espnet_imlspike.attention import merge_heads, split_heads
+
+    generator = torch.Generator().manual_seed(5)
+    lengths, heads = (37, 20), 2
+    bases = [torch.randn(2, 37, heads * 8, dtype=torch.float64, generator=generator)
+             for _ in range(3)]
+    valid = lengths_mask(list(lengths), 37)
+    grad = torch.randn(2, 37, heads * 8, dtype=torch.float64, generator=generator)
+    leaves = [b.clone().requires_grad_() for b in bases]
+    q, k, v = (split_heads(t, heads) for t in leaves)
+    ref = merge_heads(attention_weights(q @ k.transpose(-2, -1), valid, "softmax", 0.9, 8) @ v)
+    ref_grads = torch.autograd.grad((ref * grad).sum(), leaves)
+    for chunk in (5, 16):
+        leaves = [b.clone().requires_grad_() for b in bases]
+        q, k, v = (split_heads(t, heads) for t in leaves)
+        assert not q.is_contiguous()
+        out = merge_heads(long_attention.chunked_softmax_context(q, k, v, valid, 0.9, 8, chunk))
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad((out * grad).sum(), leaves), ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_single_chunk_softmax_is_bit_identical_to_the_explicit_map():
     q, k, v, valid = attention_inputs(torch.float32)
     ref = attention_weights(q @ k.transpose(-2, -1), valid, "softmax", 0.97, 8) @ v
