@@ -126,7 +126,6 @@ if kernels.triton is not None:
             weights = tl.where(valid, soft, 0.0)
             tl.store(weights_ptr + offsets, weights.to(weights_ptr.dtype.element_ty), mask=ok)
 
-
     @triton.jit
     def _grad_times_soft(grad_ptr, soft_ptr, valid_ptr, base, batch, cols, row_ok, keys):
         """``T = G * P`` of columns ``cols`` in float32 (0 for padded keys and beyond the
