@@ -68,6 +68,23 @@ if kernels.triton is not None:
             return libdevice.exp(x)
 
     @triton.jit
+    def _rows(rows, queries, heads, start, keys, BLOCK_R: tl.constexpr):
+        """This program's rows of the (N, H, C, L) map: in range, their utterance, their
+        query position and their first element."""
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        return r < rows, r // (heads * queries), start + r % queries, r.to(tl.int64) * keys
+
+    @triton.jit
+    def _lanes_total(acc, BLOCK_R: tl.constexpr):
+        """The row sums of 32 lanes' sums (BLOCK_R, 32) as PyTorch's warp reduction adds
+        them: pairwise at distances 16, 8, 4, 2, 1; (BLOCK_R, 1)."""
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 16)), axis=1)
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 8)), axis=1)
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 4)), axis=1)
+        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 2)), axis=1)
+        return tl.sum(tl.reshape(acc, (BLOCK_R, 2, 1)), axis=1)
+
+    @triton.jit
     def _logits(scores_ptr, valid_ptr, decay_ptr, base, batch, query, cols, row_ok, keys,
                 inv_scale, fill, HAS_DECAY: tl.constexpr):
         """The softmax input of columns ``cols`` (-inf beyond the row), float32."""
@@ -90,11 +107,7 @@ if kernels.triton is not None:
                                 rows, queries, heads, start, keys, iters, inv_scale, fill,
                                 HAS_DECAY: tl.constexpr, WRITE_SOFT: tl.constexpr,
                                 LANES: tl.constexpr, BLOCK_R: tl.constexpr):
-        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        row_ok = r < rows
-        batch = r // (heads * queries)
-        query = start + r % queries
-        base = r.to(tl.int64) * keys
+        row_ok, batch, query, base = _rows(rows, queries, heads, start, keys, BLOCK_R)
         lanes = tl.arange(0, LANES)
         # each lane's maximum over its keys, then the row's (order-free). Iterations
         # past the last key would only add exp(-inf) = 0 to the sums: skipped.
@@ -110,11 +123,7 @@ if kernels.triton is not None:
             x, _, _ = _logits(scores_ptr, valid_ptr, decay_ptr, base, batch, query,
                               it * LANES + lanes, row_ok, keys, inv_scale, fill, HAS_DECAY)
             acc += _exp(x - top[:, None])
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 16)), axis=1)
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 8)), axis=1)
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 4)), axis=1)
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 2)), axis=1)
-        total = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 1)), axis=1)  # (BLOCK_R, 1)
+        total = _lanes_total(acc, BLOCK_R)  # (BLOCK_R, 1)
         for it in range(iters):
             cols = it * LANES + lanes
             x, valid, ok = _logits(scores_ptr, valid_ptr, decay_ptr, base, batch, query,
@@ -143,11 +152,7 @@ if kernels.triton is not None:
                                  queries, heads, start, keys, iters, inv_scale,
                                  HAS_DECAY: tl.constexpr, FMA: tl.constexpr,
                                  LANES: tl.constexpr, BLOCK_R: tl.constexpr):
-        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        row_ok = r < rows
-        batch = r // (heads * queries)
-        query = start + r % queries
-        base = r.to(tl.int64) * keys
+        row_ok, batch, query, base = _rows(rows, queries, heads, start, keys, BLOCK_R)
         lanes = tl.arange(0, LANES)
         dtype = out_ptr.dtype.element_ty
         acc = tl.zeros([BLOCK_R, LANES], tl.float32)  # each lane's sum in key order
@@ -155,11 +160,7 @@ if kernels.triton is not None:
             t, _, _, _ = _grad_times_soft(grad_ptr, soft_ptr, valid_ptr, base, batch,
                                           it * LANES + lanes, row_ok, keys)
             acc += t
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 16)), axis=1)  # lanes at 16, 8, 4, 2, 1
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 8)), axis=1)
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 4)), axis=1)
-        acc = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 2)), axis=1)
-        total = tl.sum(tl.reshape(acc, (BLOCK_R, 2, 1)), axis=1)  # (BLOCK_R, 1)
+        total = _lanes_total(acc, BLOCK_R)  # (BLOCK_R, 1)
         for it in range(iters):
             cols = it * LANES + lanes
             t, soft, valid, ok = _grad_times_soft(grad_ptr, soft_ptr, valid_ptr, base,
