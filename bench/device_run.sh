@@ -9,6 +9,8 @@
 #        infer fixed deploy kernels stock_kernels stock_graphs bounds bounds_expandable
 #        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_ab
 #        chunk_probe chunk_profile compile_ahead cold_ahead rounds librispeech
+#        librispeech_variants profile_librispeech profile_ops_librispeech
+#        profile_short_librispeech softmax_checks aishell_round
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -39,14 +41,15 @@ stock_bf16_task() {  # name, seconds, models...: stock asr_train in bf16, logs k
         $RES/$name/$(basename $d).memory.json 2>/dev/null; done
 }
 
-stock_bf16_librispeech() {  # name, models...: asr_train on the LibriSpeech configs
-    local name=$1
-    shift
-    task $name 560 python3 bench/stock_train.py --out /tmp/$name --recipe librispeech \
+stock_bf16_librispeech() {  # name, seconds, models...: asr_train, LibriSpeech configs
+    local name=$1 limit=$2
+    shift 2
+    task $name $limit python3 bench/stock_train.py --out /tmp/$name --recipe librispeech \
         --utterances 8000 --pool 1500 --precision bf16 --models "$@"
     mkdir -p $RES/$name && cp /tmp/$name/stock_train.* $RES/$name/
     for d in /tmp/$name/*_bf16; do grep -v "^ " $d/train.log | tail -80 \
-        > $RES/$name/$(basename $d).log; done
+        > $RES/$name/$(basename $d).log; grep -c "CUDA graph" $d/train.log \
+        > $RES/$name/$(basename $d).captures; done
     tar czf $OUT/results.tgz -C $RES .
 }
 
@@ -90,16 +93,9 @@ for t in "$@"; do
             --top 30 --models transformer iml_imls_t6 iml_imls_t6@nochunk
         grep -E "^##" $RES/profile_short_librispeech.log ;;
     librispeech_variants)  # the same asr_train runs: the Transformer, IML without chunks
-        stock_bf16_librispeech librispeech_variants transformer iml_imls_t6@nochunk ;;
+        stock_bf16_librispeech librispeech_variants 560 transformer iml_imls_t6@nochunk ;;
     librispeech)  # the LibriSpeech configs (18 x 512, numel batches of 1000 s of audio)
-        task librispeech 580 python3 bench/stock_train.py --out /tmp/librispeech \
-            --recipe librispeech --utterances 8000 --pool 1500 --precision bf16 \
-            --models transformer iml_imls_t6 no_encoder_blocks
-        mkdir -p $RES/librispeech && cp /tmp/librispeech/stock_train.* $RES/librispeech/
-        for d in /tmp/librispeech/*_bf16; do grep -v "^ " $d/train.log | tail -80 \
-            > $RES/librispeech/$(basename $d).log; grep -c "CUDA graph" $d/train.log \
-            > $RES/librispeech/$(basename $d).captures; done
-        tar czf $OUT/results.tgz -C $RES . ;;
+        stock_bf16_librispeech librispeech 580 transformer iml_imls_t6 no_encoder_blocks ;;
     cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)
         task cold_ahead 480 python3 bench/stock_train.py --out /tmp/cold --precision bf16 \
             --cold --models transformer iml_imls_t6 iml_imls_t6@noahead iml_imls_t6:300 \
