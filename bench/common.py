@@ -8,7 +8,9 @@ off, as before this work); ``@nographs`` keeps the fused modules but no CUDA gra
 ``@notriton`` keeps the fused modules and graphs with PyTorch operations in place of the
 Triton kernels of IMLS firing; ``@nochunk`` runs ESPnet's conv-subsampling module itself
 instead of the chunked, recomputed one (``fast/subsampling.py``); ``@noahead`` compiles
-the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead.py``).
+the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead.py``);
+``@noinputkernels`` runs the chunked input layer's first convolution with PyTorch's
+operations instead of its Triton kernels (``fast/input_kernels.py``).
 """
 
 import contextlib
@@ -57,7 +59,8 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
 
 
 SUFFIX_ENVIRONMENT = {"nographs": "IMLSPIKE_CUDA_GRAPHS", "notriton": "IMLSPIKE_TRITON",
-                      "nochunk": "IMLSPIKE_CHUNKED_INPUT", "noahead": "IMLSPIKE_COMPILE_AHEAD"}
+                      "nochunk": "IMLSPIKE_CHUNKED_INPUT", "noahead": "IMLSPIKE_COMPILE_AHEAD",
+                      "noinputkernels": "IMLSPIKE_INPUT_KERNELS"}
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@
 #        bounds_infer graph_memory memory_trace memory_trace_iml chunk chunk_ab
 #        chunk_probe chunk_profile compile_ahead cold_ahead rounds librispeech
 #        librispeech_variants profile_librispeech profile_ops_librispeech
-#        profile_short_librispeech softmax_checks aishell_round
+#        profile_short_librispeech softmax_checks aishell_round input_kernels
+#        librispeech_input input_tune
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -67,6 +68,18 @@ for t in "$@"; do
     softmax_checks)  # the attention kernels alone (forward and backward) vs PyTorch's ops
         task softmax_checks 200 python3 bench/fast_checks.py --out $RES/softmax_checks \
             --parts softmax ;;
+    input_kernels)  # the first convolution's kernels: checks, then the layer alone
+        task input_checks 300 python3 bench/fast_checks.py --out $RES/input_checks \
+            --parts input input_kernels softmax
+        task input_probe_librispeech 200 python3 bench/input_layer_probe.py --size librispeech \
+            --batch 64 --frames 1536 --profile --out $RES/input_probe_librispeech
+        task input_probe_aishell 200 python3 bench/input_layer_probe.py --size aishell \
+            --batch 32 --frames 1600 --out $RES/input_probe_aishell ;;
+    input_tune)  # the first convolution's kernels per block configuration, vs PyTorch
+        task input_tune 200 python3 bench/input_kernel_tune.py --out $RES/input_tune ;;
+    librispeech_input)  # asr_train, LibriSpeech: the default beside it without them
+        stock_bf16_librispeech librispeech_input 590 transformer iml_imls_t6 \
+            iml_imls_t6@noinputkernels no_encoder_blocks ;;
     aishell_round)  # one asr_train round: Transformer, default, floor, multi-step
         stock_bf16_task aishell_round 420 transformer iml_imls_t6 no_encoder_blocks \
             iml_multistep_t6:100 ;;
@@ -80,7 +93,8 @@ for t in "$@"; do
     profile_librispeech)  # the encoder step at the LibriSpeech size, 64 x 1536 frames
         task profile_librispeech 300 python3 bench/profile_step.py --out $RES/profile_librispeech \
             --size librispeech --batch 64 --frames 1536 --top 40 --models transformer \
-            iml_imls_t6 iml_imls_t6@nochunk iml_imls_t6@nographs no_encoder_blocks
+            iml_imls_t6 iml_imls_t6@noinputkernels iml_imls_t6@nochunk iml_imls_t6@nographs \
+            no_encoder_blocks
         grep -E "^##|^\{" $RES/profile_librispeech.log ;;
     profile_ops_librispeech)  # which operators launch the IML step's kernels (no graphs)
         task profile_ops_librispeech 300 python3 bench/profile_step.py --by-op \

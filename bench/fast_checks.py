@@ -13,6 +13,8 @@
   forward and backward of each, fp32, bf16 autocast and float64; and the whole encoder
   (fused, eager) with it vs with the module. It equals the module to rounding only, so the
   checks above run with the module (``IMLSPIKE_CHUNKED_INPUT=0``): bit for bit there;
+  the same without the Triton kernels of its first convolution; and those kernels alone
+  against the PyTorch operations they replace and against float64;
 * the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) and its
   backward kernel vs the PyTorch operations they replace, bit for bit, 1 to 1024 keys,
   fp32 and bf16 autocast; the chunked attention's backward with and without it.
@@ -336,6 +338,61 @@ def input_layer(device, dtype, size, frames=1536, batch_size=20):
     }
 
 
+def input_kernels_vs_pytorch(device):
+    """The first convolution's kernels (:mod:`~espnet_imlspike.fast.input_kernels`) vs the
+    PyTorch operations they replace on a chunk of LibriSpeech's and AISHELL's sizes: the
+    map (share of differing values, largest difference in units of the dtype's last place)
+    and the weight and bias gradients (largest difference over the largest value), each
+    against float64 as well."""
+    from espnet_imlspike.fast import input_kernels
+
+    results = {}
+    generator = torch.Generator().manual_seed(0)
+    for channels, batch in ((512, 64), (256, 32)):
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                            ("fp16", torch.float16)):
+            x = torch.randn(batch, 1, 53, 80, generator=generator).to(device, dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = (torch.randn(channels, 1, 3, 3, generator=generator) / 3).to(device, dtype)
+            bias = (torch.randn(channels, generator=generator) / 4).to(device, dtype)
+            assert input_kernels.applies(x, weight)
+            y = input_kernels.first_map(x, weight, bias, (2, 2))
+            ref = torch.nn.functional.conv2d(x, weight, bias, 2).relu_()
+            exact = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(),
+                                               2).relu_()
+            ulp = (exact.abs() * torch.finfo(dtype).eps).clamp_min(torch.finfo(dtype).tiny)
+            grad = torch.randn(y.shape, generator=generator).to(device, dtype)
+            grad = grad.contiguous(memory_format=torch.channels_last)
+            g_weight, g_bias = input_kernels.first_map_backward(grad, y, x, weight, (2, 2))
+            masked = torch.ops.aten.threshold_backward(grad, ref, 0)
+            _, ref_weight, ref_bias = torch.ops.aten.convolution_backward(
+                masked, x, weight, [channels], [2, 2], [0, 0], [1, 1], False, [0, 0], 1,
+                [False, True, True])
+            leaves = [weight.double().requires_grad_(), bias.double().requires_grad_()]
+            exact_grads = torch.autograd.grad(
+                torch.nn.functional.conv2d(x.double(), *leaves, 2),
+                leaves, torch.where(y.double() > 0, grad.double(), 0.0))
+
+            def diff(a, b):
+                return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+            results[f"{channels}ch_{name}"] = {
+                "map_share_differing_from_pytorch": float((y != ref).float().mean()),
+                "map_max_ulps_from_pytorch": float(((y.double() - ref.double()).abs()
+                                                    / ulp).max()),
+                "map_max_ulps_from_float64": float(((y.double() - exact).abs() / ulp).max()),
+                "pytorch_map_max_ulps_from_float64": float(((ref.double() - exact).abs()
+                                                            / ulp).max()),
+                "weight_grad_diff_from_pytorch": diff(g_weight, ref_weight),
+                "bias_grad_diff_from_pytorch": diff(g_bias, ref_bias),
+                "weight_grad_diff_from_float64": diff(g_weight, exact_grads[0]),
+                "pytorch_weight_grad_diff_from_float64": diff(ref_weight, exact_grads[0]),
+                "bias_grad_diff_from_float64": diff(g_bias, exact_grads[1]),
+                "pytorch_bias_grad_diff_from_float64": diff(ref_bias, exact_grads[1]),
+            }
+    return results
+
+
 def chunked_encoder(device, dtype, size):
     """The fused encoder (eager) with the chunked input layer vs with ESPnet's module."""
     torch.manual_seed(0)
@@ -349,7 +406,7 @@ def chunked_encoder(device, dtype, size):
     return compare(a, b, a[2])
 
 
-PARTS = ["fused", "graphs", "input", "long", "softmax"]
+PARTS = ["fused", "graphs", "input", "input_kernels", "long", "softmax"]
 
 
 def main(argv=None):
@@ -377,11 +434,19 @@ def main(argv=None):
                             ("fp64", torch.float64)):
             os.environ["IMLSPIKE_CHUNKED_INPUT"] = "1"
             results[f"input_layer_{name}"] = input_layer(device, dtype, args.size)
+            if dtype != torch.float64:  # the same without the first layer's kernels
+                os.environ["IMLSPIKE_INPUT_KERNELS"] = "0"
+                results[f"input_layer_{name}_noinputkernels"] = input_layer(device, dtype,
+                                                                            args.size)
+                os.environ.pop("IMLSPIKE_INPUT_KERNELS")
             if dtype != torch.float64:
                 results[f"chunked_encoder_{name}"] = chunked_encoder(device, dtype, args.size)
         print(json.dumps(results), flush=True)
     if "long" in args.parts:
         results["long_attention_fp32"] = long_attention(device)
+    if "input_kernels" in args.parts and device.type == "cuda":
+        results["input_kernels"] = input_kernels_vs_pytorch(device)
+        print(json.dumps(results), flush=True)
     if "softmax" in args.parts and device.type == "cuda":
         results["softmax_kernel"] = softmax_kernel(device)
         results["softmax_backward_kernel"] = softmax_backward_kernel(device)

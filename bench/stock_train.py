@@ -54,6 +54,8 @@ MODELS = {  # name: (config, environment, extra arguments)
                             {"IMLSPIKE_CHUNKED_INPUT": "0"}, []),
     "iml_imls_t6@noahead": ("train_asr_iml_spikeformer.yaml",
                             {"IMLSPIKE_COMPILE_AHEAD": "0"}, []),
+    "iml_imls_t6@noinputkernels": ("train_asr_iml_spikeformer.yaml",
+                                   {"IMLSPIKE_INPUT_KERNELS": "0"}, []),
     "iml_multistep_t6": ("train_asr_iml_spikeformer_ablation_multistep.yaml", {}, []),
     # the Transformer config without encoder blocks: what every model pays besides them
     "no_encoder_blocks": ("train_asr_transformer_30.35m.yaml", {},

@@ -26,6 +26,7 @@ def test_kernels_equal_the_reference_in_the_interpreter():
         [sys.executable, "-m", "pytest", "-q", "-p", "triton_interpreter",
          "-p", "no:cacheprovider", "tests/interpreted_kernel_checks.py",
          "tests/interpreted_attention_kernel_checks.py",
+         "tests/interpreted_input_kernel_checks.py",
          "tests/test_fast_paths.py", "-k", "not bench_scripts"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

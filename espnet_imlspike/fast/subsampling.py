@@ -16,8 +16,10 @@ recomputes each chunk's maps but the last (for ``conv2d``: the first convolution
 input channel, little work), every chunk of a batch at one shape, and runs each layer's
 backward by hand with the aten operations autograd would run (``convolution_backward``,
 ``threshold_backward``; the same results, without an autograd graph per chunk, each map
-freed once its layer is done: the layer's peak memory in backward halves). Parameters and
-state-dict names are the module's. The sums are the same, but cuDNN picks its algorithms
+freed once its layer is done: the layer's peak memory in backward halves). On CUDA the
+first layer (one input channel: little arithmetic, the largest map) is one Triton kernel
+per chunk, its backward another (:mod:`.input_kernels`; five passes over that map in
+forward and three in backward before). Parameters and state-dict names are the module's. The sums are the same, but cuDNN picks its algorithms
 per shape, so outputs equal the module's to rounding, not bit for bit (the one fast path
 that is not; the GPU check gives the differences, and the spiking blocks amplify any
 rounding difference: bench/README.md), and weight gradients are summed over chunks.
@@ -38,7 +40,7 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
     Conv2dSubsampling8,
 )
 
-from espnet_imlspike.fast import enabled, has_hooks
+from espnet_imlspike.fast import enabled, has_hooks, input_kernels
 
 # values of the largest feature map one chunk computes (64 MiB in bf16) ...
 ELEMENTS_PER_CHUNK = 1 << 25
@@ -176,8 +178,11 @@ def _maps(strides, weights, rows: torch.Tensor, autocast: Optional[torch.dtype]
     # strides, which cuDNN's channels-last kernels take (cast first, it stays NCHW)
     maps = [_computed(rows.contiguous(memory_format=torch.channels_last), autocast)]
     for index, stride in enumerate(strides):
-        maps.append(torch.nn.functional.conv2d(
-            maps[-1], weights[2 * index], weights[2 * index + 1], stride).relu_())
+        weight, bias = weights[2 * index], weights[2 * index + 1]
+        if index == 0 and input_kernels.applies(maps[0], weight):  # one pass, not five
+            maps.append(input_kernels.first_map(maps[0], weight, bias, stride))
+        else:
+            maps.append(torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_())
     return maps
 
 
@@ -230,6 +235,12 @@ class _ChunkedConvolutions(torch.autograd.Function):
         chunks = geometry.chunks(batch, frames, freq)
         step = chunks[0][1] - chunks[0][0]
         in_rows = geometry.rows(step)[0]
+
+        def add(index, g_param):
+            if g_param is not None:  # (a frozen layer's is not computed)
+                g_param = g_param.to(_accumulation_dtype(params[index].dtype))
+                totals[index] = g_param if totals[index] is None else totals[index].add_(g_param)
+
         for first, end, in_first, in_end in chunks:
             # the last chunk zero-padded to the others' shape (one convolution shape per
             # batch size: cuDNN's plans are reused); its padded output rows get zero
@@ -240,17 +251,23 @@ class _ChunkedConvolutions(torch.autograd.Function):
             # as autograd would run it (the same aten operations, no engine per chunk)
             g = _padded(grad[:, first:end] * (out[:, first:end] > 0), 1, step)
             g = g.permute(0, 2, 1, 3)
+            # the first layer's ReLU and parameter gradients in one kernel pass
+            fused_first = (lowest == 0 and grad_xs is None and len(geometry.strides) > 1
+                           and input_kernels.applies(maps[0], weights[0]))
             for layer in range(len(geometry.strides) - 1, lowest - 1, -1):
                 below, maps[layer] = maps[layer], None  # freed as autograd frees them
                 g_below, g_weight, g_bias = torch.ops.aten.convolution_backward(
                     g.to(below.dtype), below, weights[2 * layer], [geometry.channels[layer]],
                     list(geometry.strides[layer]), [0, 0], [1, 1], False, [0, 0], 1,
                     [layer > lowest or grad_xs is not None, *needs[2 + 2 * layer:4 + 2 * layer]])
-                for index, g_param in ((2 * layer, g_weight), (2 * layer + 1, g_bias)):
-                    if g_param is not None:  # (a frozen layer's is not computed)
-                        g_param = g_param.to(_accumulation_dtype(params[index].dtype))
-                        totals[index] = (g_param if totals[index] is None
-                                         else totals[index].add_(g_param))
+                add(2 * layer, g_weight)
+                add(2 * layer + 1, g_bias)
+                if layer == 1 and fused_first:
+                    g_weight, g_bias = input_kernels.first_map_backward(
+                        g_below, below, maps[0], weights[0], geometry.strides[0])
+                    add(0, g_weight if needs[2] else None)
+                    add(1, g_bias if needs[3] else None)
+                    break
                 if layer > 0 and g_below is not None:  # through the ReLU below
                     g = torch.ops.aten.threshold_backward(g_below, below, 0)
                     g_below = below = None

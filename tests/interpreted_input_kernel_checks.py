@@ -1,0 +1,143 @@
+"""The Triton kernels of the input layer's first convolution (``fast/input_kernels.py``) in
+Triton's interpreter.
+
+Collected only by ``test_triton_kernels.py`` (a subprocess with ``TRITON_INTERPRET=1``,
+whose plugin makes the interpreter's casts round as the GPU's do). Independent
+computations: the convolution in float64 (aten's ``conv2d``) with the roundings of the
+PyTorch operations it replaces (the convolution written in the map's dtype, the bias
+added and rounded, the ReLU); float64 autograd of the same convolution for the weight and
+bias gradients through the ReLU; and ESPnet's own module against the chunked layer
+running the kernels.
+"""
+
+import pytest
+import torch
+from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
+
+from espnet_imlspike.encoders.common import CONV_SUBSAMPLING
+from espnet_imlspike.fast import fast_mode, input_kernels, subsampling
+
+CASES = [  # batch, input rows, features, channels, kernel, stride
+    (2, 23, 20, 40, (3, 3), (2, 2)),  # conv2d, conv2d6, conv2d8's first layer
+    (1, 9, 11, 130, (3, 3), (2, 2)),  # more channels than one block of the kernels
+    (3, 12, 9, 24, (3, 3), (1, 1)),  # conv2d1's
+    (2, 14, 13, 16, (5, 3), (3, 1)),  # other kernels and strides
+]
+ULP_BITS = {torch.bfloat16: 8, torch.float16: 11}  # significand bits: one ulp at 1.0
+
+
+def inputs(batch, rows, freq, channels, kernel, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    big = torch.randn(batch, 1, rows + 5, freq, generator=generator).to(dtype)
+    x = big[:, :, 3:3 + rows]  # a chunk's rows: a view into the batch's features
+    weight = (torch.randn(channels, 1, *kernel, generator=generator) / 3).to(dtype)
+    bias = (torch.randn(channels, generator=generator) / 4).to(dtype)
+    return x, weight, bias
+
+
+def rounded_like_pytorch(x, weight, bias, stride, dtype):
+    """relu(round(round(conv) + bias)) with the convolution's sum exact (float64)."""
+    conv = torch.nn.functional.conv2d(x.double(), weight.double(), None, stride)
+    return (conv.to(dtype).double() + bias.double()[:, None, None]).to(dtype).relu()
+
+
+def assert_within_one_ulp(got, expected, dtype):
+    """Half-precision values equal up to one unit in the last place of ``expected``."""
+    ulp = torch.where(expected.double() == 0, 2.0 ** -126,
+                      expected.double().abs() * 2.0 ** (1 - ULP_BITS[dtype]))
+    assert ((got.double() - expected.double()).abs() <= ulp).all()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_first_map_rounds_as_the_pytorch_operations(case, dtype):
+    batch, rows, freq, channels, kernel, stride = case
+    x, weight, bias = inputs(batch, rows, freq, channels, kernel, dtype)
+    y = input_kernels.first_map(x, weight, bias, stride)
+    expected = rounded_like_pytorch(x, weight, bias, stride, dtype)
+    assert y.shape == expected.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert (y >= 0).all() and (y == 0).any() and (y > 0).any()
+    if dtype == torch.float32:  # nine float32 products summed: within their rounding
+        terms = torch.nn.functional.conv2d(x.double().abs(), weight.double().abs(), None,
+                                           stride) + bias.double().abs()[:, None, None]
+        assert ((y.double() - expected.double()).abs() <= terms * 2.0 ** -21).all()
+    else:  # the float32 sum rounded to the map's dtype: the exact sum's rounding, or next
+        assert_within_one_ulp(y, expected, dtype)
+        assert (y == expected).double().mean() > 0.99
+
+
+def test_first_map_keeps_nan_as_the_relu_does():
+    x, weight, bias = inputs(1, 9, 9, 8, (3, 3), torch.float32)
+    x = x.clone()
+    x[0, 0, 4, 4] = float("nan")
+    y = input_kernels.first_map(x, weight, bias, (2, 2))
+    expected = torch.nn.functional.conv2d(x, weight, bias, 2).relu()
+    assert torch.equal(y.isnan(), expected.isnan()) and y.isnan().any()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_first_map_backward_equals_float64_autograd(case, dtype):
+    batch, rows, freq, channels, kernel, stride = case
+    x, weight, bias = inputs(batch, rows, freq, channels, kernel, dtype)
+    y = input_kernels.first_map(x, weight, bias, stride)
+    generator = torch.Generator().manual_seed(7)
+    grad = torch.randn(y.shape, generator=generator).to(dtype)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    grad_weight, grad_bias = input_kernels.first_map_backward(grad, y, x, weight, stride)
+    leaves = [weight.double().requires_grad_(), bias.double().requires_grad_()]
+    conv = torch.nn.functional.conv2d(x.double(), *leaves, stride)
+    masked = torch.where(y.double() > 0, grad.double(), 0.0)  # through the ReLU
+    expected = torch.autograd.grad(conv, leaves, masked)
+    for got, exact in zip((grad_weight, grad_bias), expected):
+        assert got.dtype == dtype and got.shape == exact.shape
+        if dtype == torch.float32:
+            torch.testing.assert_close(got.double(), exact, rtol=1e-5,
+                                       atol=1e-6 * exact.abs().max().item())
+        else:  # a float32 sum rounded once to the weights' dtype
+            assert_within_one_ulp(got, exact.to(dtype), dtype)
+
+
+def test_the_kernels_apply_only_on_cuda_to_their_dtypes():
+    x, weight, _ = inputs(1, 9, 9, 8, (3, 3), torch.float32)
+    assert not input_kernels.applies(x, weight)  # CPU: the PyTorch operations
+
+
+@pytest.mark.parametrize("name", ["conv2d", "conv2d6", "conv2d8"])
+def test_chunked_layer_with_the_kernels_equals_espnets_module(name, monkeypatch):
+    """The chunked input layer in float32 with both kernels in place of the first layer's
+    PyTorch operations (made to apply on the CPU here), against ESPnet's module."""
+    calls = {"first_map": 0, "first_map_backward": 0}
+
+    def counted(function):
+        def run(*args):
+            calls[function.__name__] += 1
+            return function(*args)
+        return run
+
+    monkeypatch.setattr(input_kernels, "applies",
+                        lambda x, weight: x.dtype == weight.dtype == torch.float32)
+    for function in (input_kernels.first_map, input_kernels.first_map_backward):
+        monkeypatch.setattr(input_kernels, function.__name__, counted(function))
+    monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)  # a few chunks
+    monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
+    torch.manual_seed(0)
+    embed = CONV_SUBSAMPLING[name](40, 16, 0.0, PositionalEncoding(16, 0.0))
+    xs = torch.randn(3, 61, 40)
+    with fast_mode("1"):
+        out = subsampling.subsample(embed, xs)
+    reference, _ = embed(xs, None)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    weight = torch.randn_like(reference)
+    params = list(embed.parameters())
+    expected = torch.autograd.grad((reference * weight).sum(), params)
+    got = torch.autograd.grad((out * weight).sum(), params)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    chunks = len(subsampling._Geometry(
+        *zip(*[(c.kernel_size, c.stride, c.out_channels) for c in embed.conv[0::2]])
+    ).chunks(3, 61, 40))
+    assert chunks > 1
+    # once per chunk in forward and in backward's recomputation; backward once per chunk
+    assert calls == {"first_map": 2 * chunks, "first_map_backward": chunks}
