@@ -11,7 +11,7 @@
 #        chunk_probe chunk_profile compile_ahead cold_ahead rounds librispeech
 #        librispeech_variants profile_librispeech profile_ops_librispeech
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
-#        librispeech_input input_tune
+#        librispeech_input input_tune input_aishell aishell_iml
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -75,11 +75,21 @@ for t in "$@"; do
             --batch 64 --frames 1536 --profile --out $RES/input_probe_librispeech
         task input_probe_aishell 200 python3 bench/input_layer_probe.py --size aishell \
             --batch 32 --frames 1600 --out $RES/input_probe_aishell ;;
+    input_aishell)  # the input layer and the encoder step at AISHELL's size, with and
+        # without the first convolution's kernels (GPU kernels of each)
+        task input_probe_aishell 200 python3 bench/input_layer_probe.py --size aishell \
+            --batch 32 --frames 1600 --profile --out $RES/input_probe_aishell
+        task profile_aishell 200 python3 bench/profile_step.py --out $RES/profile_aishell \
+            --top 40 --models transformer iml_imls_t6 iml_imls_t6@noinputkernels \
+            no_encoder_blocks
+        grep -E "^##" $RES/profile_aishell.log ;;
     input_tune)  # the first convolution's kernels per block configuration, vs PyTorch
         task input_tune 200 python3 bench/input_kernel_tune.py --out $RES/input_tune ;;
     librispeech_input)  # asr_train, LibriSpeech: the default beside it without them
         stock_bf16_librispeech librispeech_input 590 transformer iml_imls_t6 \
             iml_imls_t6@noinputkernels no_encoder_blocks ;;
+    aishell_iml)  # the IML default alone through asr_train, AISHELL (its peak memory)
+        stock_bf16_task aishell_iml 200 iml_imls_t6 ;;
     aishell_round)  # one asr_train round: Transformer, default, floor, multi-step
         stock_bf16_task aishell_round 420 transformer iml_imls_t6 no_encoder_blocks \
             iml_multistep_t6:100 ;;

@@ -265,6 +265,7 @@ class _ChunkedConvolutions(torch.autograd.Function):
                 if layer == 1 and fused_first:
                     g_weight, g_bias = input_kernels.first_map_backward(
                         g_below, below, maps[0], weights[0], geometry.strides[0])
+                    g_below = below = None  # freed before the next chunk's maps
                     add(0, g_weight if needs[2] else None)
                     add(1, g_bias if needs[3] else None)
                     break
