@@ -120,8 +120,7 @@ def test_chunked_layer_with_the_kernels_equals_espnets_module(name, monkeypatch)
             return function(*args)
         return run
 
-    monkeypatch.setattr(input_kernels, "applies",
-                        lambda x, weight: x.dtype == weight.dtype == torch.float32)
+    monkeypatch.setattr(input_kernels, "_on_device", lambda x: True)  # the interpreter
     for function in (input_kernels.first_map, input_kernels.first_map_backward):
         monkeypatch.setattr(input_kernels, function.__name__, counted(function))
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)  # a few chunks
@@ -180,12 +179,10 @@ def test_the_fused_backward_keeps_no_more_memory_alive_than_pytorchs(monkeypatch
     across chunks raised asr_train's peak reserved memory on AISHELL by 0.27 GiB)."""
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 200_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    applies = input_kernels.applies
+    monkeypatch.setattr(input_kernels, "_on_device", lambda x: True)  # the interpreter
     peaks = {}
-    for name, kernels in (("pytorch", False), ("kernels", True)):
-        monkeypatch.setattr(input_kernels, "applies", (
-            (lambda x, weight: x.dtype == weight.dtype == torch.float32) if kernels
-            else (lambda x, weight: False)))
+    for name, switch in (("pytorch", "0"), ("kernels", "1")):
+        monkeypatch.setenv("IMLSPIKE_INPUT_KERNELS", switch)
         torch.manual_seed(0)
         embed = CONV_SUBSAMPLING["conv2d"](40, 96, 0.0, PositionalEncoding(96, 0.0))
         with fast_mode("1"):
@@ -194,5 +191,38 @@ def test_the_fused_backward_keeps_no_more_memory_alive_than_pytorchs(monkeypatch
         with tracker:
             loss.backward()
         peaks[name] = tracker.peak
-    monkeypatch.setattr(input_kernels, "applies", applies)
     assert 0 < peaks["kernels"] <= peaks["pytorch"], peaks
+
+
+class _FailingLaunch:
+    """A kernel whose launch fails, as Triton's compiler does on a GPU it cannot target."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            raise RuntimeError("ptxas fatal: bf16 matrix products need sm_80")
+        return launch
+
+
+@pytest.mark.parametrize("failing", ["_first_map_kernel", "_first_map_backward_kernel"])
+def test_a_kernel_that_fails_leaves_the_pytorch_operations(failing, monkeypatch, caplog):
+    """A first launch that fails is logged once and the layer goes on with the PyTorch
+    operations for that device and dtype: the training does not stop."""
+    monkeypatch.setattr(input_kernels, "_on_device", lambda x: True)  # the interpreter
+    monkeypatch.setattr(input_kernels, "_failed", {})
+    monkeypatch.setattr(input_kernels, failing, _FailingLaunch())
+    monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)
+    monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
+    torch.manual_seed(0)
+    embed = CONV_SUBSAMPLING["conv2d"](40, 16, 0.0, PositionalEncoding(16, 0.0))
+    xs = torch.randn(3, 61, 40)
+    with fast_mode("1"), caplog.at_level("WARNING"):
+        out = subsampling.subsample(embed, xs)
+        grads = torch.autograd.grad(out.square().sum(), list(embed.parameters()))
+    reference, _ = embed(xs, None)
+    expected = torch.autograd.grad(reference.square().sum(), list(embed.parameters()))
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "sm_80" in warnings[0].getMessage()
+    assert not input_kernels.applies(torch.zeros(1, 1, 5, 5), torch.zeros(4, 1, 3, 3))

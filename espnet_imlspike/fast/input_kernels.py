@@ -31,8 +31,9 @@ float16 maps, when the features need no gradient. The tests run both kernels in 
 interpreter on the CPU.
 """
 
+import logging
 import os
-from typing import Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 
@@ -48,6 +49,7 @@ _BACKWARD_WARPS = 8
 _TAPS_PADDED = 16  # the taps and the bias's tap of ones, padded to a matrix product's rows
 _TARGET_PROGRAMS = 512
 _PARTIAL_BYTES = 1 << 20
+_failed: Dict[Tuple[torch.device, torch.dtype], str] = {}  # where a kernel failed: why
 
 if kernels.triton is not None:
     import triton
@@ -134,12 +136,36 @@ if kernels.triton is not None:
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the kernels replace the first convolution for input rows ``x`` (B, 1, R, F)
     and its computed ``weight`` (C, 1, KT, KF): CUDA with working Triton kernels, one of
-    :data:`FLOAT_TYPES` for both, at most 15 taps, ``IMLSPIKE_INPUT_KERNELS`` not ``0``."""
-    return (x.is_cuda and os.environ.get("IMLSPIKE_INPUT_KERNELS") != "0"
+    :data:`FLOAT_TYPES` for both, at most 15 taps, ``IMLSPIKE_INPUT_KERNELS`` not ``0``,
+    and no earlier failure of these kernels for that device and dtype."""
+    return (os.environ.get("IMLSPIKE_INPUT_KERNELS") != "0"
             and x.dtype in FLOAT_TYPES and weight.dtype == x.dtype
             and x.dim() == 4 and x.size(1) == 1 and weight.size(1) == 1
             and weight.size(2) * weight.size(3) < _TAPS_PADDED
-            and kernels.available(x, 1))
+            and (x.device, x.dtype) not in _failed and _on_device(x))
+
+
+def _on_device(x: torch.Tensor) -> bool:
+    """CUDA, with the IMLS kernels working there (the tests replace this to run the
+    kernels in Triton's interpreter)."""
+    return x.is_cuda and kernels.available(x, 1)
+
+
+def run_or_none(function: Callable, x: torch.Tensor, *args):
+    """``function(x, *args)`` (:func:`first_map` or :func:`first_map_backward`), or None
+    where it fails: Triton compiles a kernel variant at its first launch, and a GPU or tool
+    chain it does not support (bf16 matrix products before compute capability 8.0, a
+    missing C compiler) fails there. The failure is logged once; the caller then runs the
+    PyTorch operations, as it does from then on for that device and dtype."""
+    try:
+        return function(x, *args)
+    except Exception as error:  # any failure of Triton's compiler, assembler or launcher
+        _failed[(x.device, x.dtype)] = f"{type(error).__name__}: {error}"
+        logging.warning("Triton kernels of the input layer's first convolution unavailable on "
+                        "%s for %s (%s: %s); using PyTorch operations "
+                        "(IMLSPIKE_INPUT_KERNELS=0 skips this try)", x.device, x.dtype,
+                        type(error).__name__, error)
+        return None
 
 
 def _ieee(x: torch.Tensor) -> bool:
@@ -190,9 +216,8 @@ def first_map_backward(grad: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
     y = y.contiguous(memory_format=torch.channels_last)
     block_c = _BACKWARD_BLOCK_CHANNELS
     channel_blocks = triton.cdiv(channels, block_c)
-    # rows of partial sums kept within the caching allocator's small blocks (<= 1 MiB): a
-    # larger buffer was carved from a freed map's block, which the next map then did not
-    # fit (AISHELL through asr_train: 0.27 GiB more reserved at the peak)
+    # partial sums kept within the caching allocator's small blocks (<= 1 MiB), so that
+    # they never take a piece of a freed map's block
     rows = max(1, _PARTIAL_BYTES // (_TAPS_PADDED * channels * 4))
     wanted = max(1, min(_TARGET_PROGRAMS // channel_blocks, rows))
     per_program = triton.cdiv(max(positions, 1), wanted)

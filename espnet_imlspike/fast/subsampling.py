@@ -19,8 +19,9 @@ backward by hand with the aten operations autograd would run (``convolution_back
 freed once its layer is done: the layer's peak memory in backward halves). On CUDA the
 first layer (one input channel: little arithmetic, the largest map) is one Triton kernel
 per chunk, its backward another (:mod:`.input_kernels`; five passes over that map in
-forward and three in backward before). Parameters and state-dict names are the module's. The sums are the same, but cuDNN picks its algorithms
-per shape, so outputs equal the module's to rounding, not bit for bit (the one fast path
+forward and three in backward before). Parameters and state-dict names are the module's.
+The sums are the same, but cuDNN picks its algorithms per shape (and the kernels sum in
+their own order), so outputs equal the module's to rounding, not bit for bit (the one fast path
 that is not; the GPU check gives the differences, and the spiking blocks amplify any
 rounding difference: bench/README.md), and weight gradients are summed over chunks.
 """
@@ -179,10 +180,13 @@ def _maps(strides, weights, rows: torch.Tensor, autocast: Optional[torch.dtype]
     maps = [_computed(rows.contiguous(memory_format=torch.channels_last), autocast)]
     for index, stride in enumerate(strides):
         weight, bias = weights[2 * index], weights[2 * index + 1]
+        fused = None
         if index == 0 and input_kernels.applies(maps[0], weight):  # one pass, not five
-            maps.append(input_kernels.first_map(maps[0], weight, bias, stride))
-        else:
-            maps.append(torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_())
+            fused = input_kernels.run_or_none(input_kernels.first_map, maps[0], weight, bias,
+                                              stride)
+        if fused is None:
+            fused = torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_()
+        maps.append(fused)
     return maps
 
 
@@ -262,12 +266,15 @@ class _ChunkedConvolutions(torch.autograd.Function):
                     [layer > lowest or grad_xs is not None, *needs[2 + 2 * layer:4 + 2 * layer]])
                 add(2 * layer, g_weight)
                 add(2 * layer + 1, g_bias)
+                fused = None
                 if layer == 1 and fused_first:
-                    g_weight, g_bias = input_kernels.first_map_backward(
-                        g_below, below, maps[0], weights[0], geometry.strides[0])
-                    g_below = below = None  # freed before the next chunk's maps
-                    add(0, g_weight if needs[2] else None)
-                    add(1, g_bias if needs[3] else None)
+                    fused = input_kernels.run_or_none(
+                        input_kernels.first_map_backward, g_below, below, maps[0],
+                        weights[0], geometry.strides[0])
+                if fused is not None:  # this chunk's maps and gradients freed before the next's
+                    g_below = below = g_weight = g_bias = None
+                    add(0, fused[0] if needs[2] else None)
+                    add(1, fused[1] if needs[3] else None)
                     break
                 if layer > 0 and g_below is not None:  # through the ReLU below
                     g = torch.ops.aten.threshold_backward(g_below, below, 0)
