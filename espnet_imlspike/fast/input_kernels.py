@@ -27,8 +27,11 @@ backward, the bias gradient's sum, the weight gradient's convolution).
 
 Used on CUDA where the IMLS kernels are (:func:`~.kernels.available`; ``IMLSPIKE_TRITON=0``
 turns all off, ``IMLSPIKE_INPUT_KERNELS=0`` these two only), for float32, bfloat16 and
-float16 maps, when the features need no gradient. The tests run both kernels in Triton's
-interpreter on the CPU.
+float16 maps, when the features need no gradient. They compile at their first launch (not
+ahead with the blocks' kernels: the input layer runs before the first CUDA-graph warm-up);
+a launch that fails there (:func:`run_or_none`: a GPU or tool chain Triton cannot target)
+is logged once and the PyTorch operations run from then on for that device and dtype. The
+tests run both kernels in Triton's interpreter on the CPU.
 """
 
 import logging
