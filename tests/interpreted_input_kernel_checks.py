@@ -197,9 +197,12 @@ def test_the_fused_backward_keeps_no_more_memory_alive_than_pytorchs(monkeypatch
 class _FailingLaunch:
     """A kernel whose launch fails, as Triton's compiler does on a GPU it cannot target."""
 
+    def __init__(self, error=RuntimeError("ptxas fatal: bf16 matrix products need sm_80")):
+        self.error = error
+
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            raise RuntimeError("ptxas fatal: bf16 matrix products need sm_80")
+            raise self.error
         return launch
 
 
@@ -226,3 +229,14 @@ def test_a_kernel_that_fails_leaves_the_pytorch_operations(failing, monkeypatch,
     warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(warnings) == 1 and "sm_80" in warnings[0].getMessage()
     assert not input_kernels.applies(torch.zeros(1, 1, 5, 5), torch.zeros(4, 1, 3, 3))
+
+
+def test_running_out_of_memory_in_a_kernel_propagates_and_keeps_the_kernels(monkeypatch):
+    monkeypatch.setattr(input_kernels, "_on_device", lambda x: True)  # the interpreter
+    monkeypatch.setattr(input_kernels, "_failed", {})
+    monkeypatch.setattr(input_kernels, "_first_map_kernel", _FailingLaunch(
+        torch.cuda.OutOfMemoryError("CUDA out of memory")))
+    x, weight, bias = inputs(1, 9, 9, 8, (3, 3), torch.float32)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        input_kernels.run_or_none(input_kernels.first_map, x, weight, bias, (2, 2))
+    assert input_kernels.applies(x, weight)

@@ -159,9 +159,12 @@ def run_or_none(function: Callable, x: torch.Tensor, *args):
     where it fails: Triton compiles a kernel variant at its first launch, and a GPU or tool
     chain it does not support (bf16 matrix products before compute capability 8.0, a
     missing C compiler) fails there. The failure is logged once; the caller then runs the
-    PyTorch operations, as it does from then on for that device and dtype."""
+    PyTorch operations, as it does from then on for that device and dtype. Running out of
+    memory is not such a failure: it propagates, and the kernels stay on."""
     try:
         return function(x, *args)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except Exception as error:  # any failure of Triton's compiler, assembler or launcher
         _failed[(x.device, x.dtype)] = f"{type(error).__name__}: {error}"
         logging.warning("Triton kernels of the input layer's first convolution unavailable on "
