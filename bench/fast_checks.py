@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, print_and_write
+from common import SIZES, path_for, print_and_write
 
 from espnet_imlspike.attention import attention_weights  # noqa: E402
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
@@ -435,10 +435,9 @@ def main(argv=None):
             os.environ["IMLSPIKE_CHUNKED_INPUT"] = "1"
             results[f"input_layer_{name}"] = input_layer(device, dtype, args.size)
             if dtype != torch.float64:  # the same without the first layer's kernels
-                os.environ["IMLSPIKE_INPUT_KERNELS"] = "0"
-                results[f"input_layer_{name}_noinputkernels"] = input_layer(device, dtype,
-                                                                            args.size)
-                os.environ.pop("IMLSPIKE_INPUT_KERNELS")
+                with path_for("chunked@noinputkernels"):
+                    results[f"input_layer_{name}_noinputkernels"] = input_layer(
+                        device, dtype, args.size)
             if dtype != torch.float64:
                 results[f"chunked_encoder_{name}"] = chunked_encoder(device, dtype, args.size)
         print(json.dumps(results), flush=True)

@@ -11,14 +11,12 @@ conv2d6 with 512 channels.
 """
 
 import argparse
-import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from common import SIZES, print_and_write
+from common import SIZES, path_for, print_and_write
 
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder  # noqa: E402
 from espnet_imlspike.fast import fast_mode, subsampling  # noqa: E402
@@ -27,18 +25,9 @@ SHAPES = [(1, 3000), (4, 1400), (8, 1100), (12, 900), (16, 1536), (20, 1536), (2
           (32, 800), (40, 700), (64, 420), (3, 333), (17, 1021)]
 
 
+# a mode's suffix is a switch of common.path_for, held over forward and backward
+# (backward recomputes the first map)
 MODES = ("module", "chunked@noinputkernels", "chunked")
-
-
-@contextlib.contextmanager
-def switches(mode):
-    """The environment of ``mode``, around forward and backward (backward recomputes)."""
-    if mode.endswith("@noinputkernels"):
-        os.environ["IMLSPIKE_INPUT_KERNELS"] = "0"
-    try:
-        yield
-    finally:
-        os.environ.pop("IMLSPIKE_INPUT_KERNELS", None)
 
 
 def run(embed, xs, mode, autocast):
@@ -51,7 +40,7 @@ def run(embed, xs, mode, autocast):
 def profile(embed, batch, frames):
     xs = torch.randn(batch, frames, 80, device="cuda")
     for mode in MODES:
-        with switches(mode):
+        with path_for(mode):
             for _ in range(3):
                 run(embed, xs, mode, True).float().square().mean().backward()
             with torch.profiler.profile(
@@ -84,7 +73,7 @@ def main():
             equal, worst = 0, 0.0
             for batch, frames in SHAPES:
                 xs = torch.randn(batch, frames, 80, device="cuda")
-                with torch.no_grad(), switches(mode):
+                with torch.no_grad(), path_for(mode):
                     ref, out = run(embed, xs, "module", autocast), run(embed, xs, mode, autocast)
                 equal += bool(torch.equal(ref, out))
                 worst = max(worst, float((ref - out).abs().max() / ref.abs().max()))
@@ -100,7 +89,7 @@ def main():
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
                     enable_timing=True)
                 start.record()
-                with switches(mode):
+                with path_for(mode):
                     out = run(embed, xs, mode, autocast)
                     out.float().square().mean().backward()
                 end.record()

@@ -39,6 +39,13 @@ def inputs(batch, rows, freq, channels, kernel, dtype, seed=0):
     return x, weight, bias
 
 
+def first_map_of(case, dtype):
+    """A case's rows, weights, bias and stride, and the kernel's map of them."""
+    batch, rows, freq, channels, kernel, stride = case
+    x, weight, bias = inputs(batch, rows, freq, channels, kernel, dtype)
+    return x, weight, bias, stride, input_kernels.first_map(x, weight, bias, stride)
+
+
 def rounded_like_pytorch(x, weight, bias, stride, dtype):
     """relu(round(round(conv) + bias)) with the convolution's sum exact (float64)."""
     conv = torch.nn.functional.conv2d(x.double(), weight.double(), None, stride)
@@ -55,9 +62,7 @@ def assert_within_one_ulp(got, expected, dtype):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_first_map_rounds_as_the_pytorch_operations(case, dtype):
-    batch, rows, freq, channels, kernel, stride = case
-    x, weight, bias = inputs(batch, rows, freq, channels, kernel, dtype)
-    y = input_kernels.first_map(x, weight, bias, stride)
+    x, weight, bias, stride, y = first_map_of(case, dtype)
     expected = rounded_like_pytorch(x, weight, bias, stride, dtype)
     assert y.shape == expected.shape and y.dtype == dtype
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -83,9 +88,7 @@ def test_first_map_keeps_nan_as_the_relu_does():
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_first_map_backward_equals_float64_autograd(case, dtype):
-    batch, rows, freq, channels, kernel, stride = case
-    x, weight, bias = inputs(batch, rows, freq, channels, kernel, dtype)
-    y = input_kernels.first_map(x, weight, bias, stride)
+    x, weight, bias, stride, y = first_map_of(case, dtype)
     generator = torch.Generator().manual_seed(7)
     grad = torch.randn(y.shape, generator=generator).to(dtype)
     grad = grad.contiguous(memory_format=torch.channels_last)

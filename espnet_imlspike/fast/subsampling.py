@@ -180,13 +180,13 @@ def _maps(strides, weights, rows: torch.Tensor, autocast: Optional[torch.dtype]
     maps = [_computed(rows.contiguous(memory_format=torch.channels_last), autocast)]
     for index, stride in enumerate(strides):
         weight, bias = weights[2 * index], weights[2 * index + 1]
-        fused = None
+        layer_map = None
         if index == 0 and input_kernels.applies(maps[0], weight):  # one pass, not five
-            fused = input_kernels.run_or_none(input_kernels.first_map, maps[0], weight, bias,
-                                              stride)
-        if fused is None:
-            fused = torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_()
-        maps.append(fused)
+            layer_map = input_kernels.run_or_none(input_kernels.first_map, maps[0], weight,
+                                                  bias, stride)
+        if layer_map is None:
+            layer_map = torch.nn.functional.conv2d(maps[-1], weight, bias, stride).relu_()
+        maps.append(layer_map)
     return maps
 
 
