@@ -21,8 +21,19 @@ want=$(cat requirements.txt requirements-test.txt setup.cfg setup.py pyproject.t
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
   exit 0
 fi
-echo "Setting up .venv (first time: about 3-5 minutes, ~5 GB: torch, torchaudio, espnet)"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+echo "Setting up .venv (first time: about 3-5 minutes, ~5.6 GB: torch, torchaudio, espnet)"
+if [ ! -x .venv/bin/python ]; then
+  # measured: a fresh install peaks at 7.3 GB (the downloaded wheels beside the installed
+  # packages, most of it torch's CUDA libraries), then 5.6 GB stay
+  need_mb=7600
+  free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
+  if [ "$free_mb" -lt "$need_mb" ]; then
+    echo "setup: only $free_mb MB free on the disk of $(pwd); installing the environment" \
+      "needs about $need_mb MB there (5.6 GB once installed)" >&2
+    exit 1
+  fi
+  "$PYTHON" -m venv .venv
+fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 echo "$want" > "$stamp"
