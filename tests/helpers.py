@@ -1,10 +1,15 @@
-"""Helpers shared by the tests: repository paths, the recipe scripts on sys.path, and a
-runner for ESPnet entry points in fresh interpreters."""
+"""Helpers shared by the tests: repository paths, the recipe scripts on sys.path, a
+runner for ESPnet entry points in fresh interpreters, and a tracker of live tensor bytes."""
 
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 PYSCRIPTS = REPO / "egs2/_common/pyscripts"
@@ -45,3 +50,33 @@ def build_spk_model(config, spk_num):
         ["--config", str(config), "--spk_num", str(spk_num)]
     )
     return SpeakerTask.build_model(args)
+
+
+class LiveBytes(TorchDispatchMode):
+    """The largest total size of the tensors created inside it and still alive (each
+    operator's outputs counted until their storage is freed; views and in-place results,
+    which share an input's storage, are not new)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.counted = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if size and key not in self.counted and key not in inputs:
+                    self.counted.add(key)
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._freed, key, size)
+        return out
+
+    def _freed(self, key, size):
+        self.live -= size
+        self.counted.discard(key)

@@ -9,6 +9,7 @@ from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
 
 from espnet_imlspike.encoders.common import CONV_SUBSAMPLING
 from espnet_imlspike.fast import fast_mode, subsampling
+from helpers import LiveBytes
 
 CHANNELS, FREQ = 16, 40
 
@@ -146,6 +147,36 @@ def test_autograd_keeps_the_features_not_the_feature_maps():
     # chunked: the features and its output, the output layer's input (the Linear keeps it)
     assert kept_bytes(True) == xs.numel() * 4 + flat
     assert kept_bytes(False) >= kept_bytes(True) - xs.numel() * 4 + first_map
+
+
+def test_backward_holds_at_most_two_first_maps_of_a_chunk(monkeypatch):
+    """The first layer's backward needs its map and the map's gradient (two first maps of a
+    chunk); the ReLU's gradient is taken in place and nothing of a chunk outlives it, so
+    the peak of the tensors backward creates stays under two first maps, plus the second
+    layer's output gradient (and its ReLU mask) and the chunk's input rows and the
+    parameter gradients. Counted with the PyTorch operations (the CPU's path)."""
+    monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 40_000)
+    monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
+    embed = layer("conv2d", torch.float32)
+    batch, frames = 4, 301
+    xs = torch.randn(batch, frames, FREQ)
+    shape = geometry(embed)
+    chunks = shape.chunks(batch, frames, FREQ)
+    assert len(chunks) > 2
+    in_rows, rows1, rows2 = shape.rows(chunks[0][1] - chunks[0][0])
+    freq1 = (FREQ - 3) // 2 + 1
+    freq2 = (freq1 - 3) // 2 + 1
+    first, second = (batch * CHANNELS * rows1 * freq1 * 4, batch * CHANNELS * rows2 * freq2 * 4)
+    params = [p for conv in subsampling._convolutions(embed) for p in conv.parameters()]
+    bound = 2 * first + 2 * second + batch * in_rows * FREQ * 4 + 4 * sum(
+        p.numel() * 4 for p in params)
+    flat = subsampling._ChunkedConvolutions.apply(xs, shape, *params)
+    grad = torch.randn_like(flat)
+    tracker = LiveBytes()
+    with tracker:
+        flat.backward(grad)
+    assert first > bound - 2 * first - second  # the bound tells two first maps from three
+    assert 0 < tracker.peak <= bound, (tracker.peak, first, bound)
 
 
 def test_the_stock_module_runs_where_the_chunked_path_does_not_apply(monkeypatch):

@@ -15,15 +15,17 @@ output (which ESPnet's output Linear keeps anyway: the last ReLU's mask). Backwa
 recomputes each chunk's maps but the last (for ``conv2d``: the first convolution, from one
 input channel, little work), every chunk of a batch at one shape, and runs each layer's
 backward by hand with the aten operations autograd would run (``convolution_backward``,
-``threshold_backward``; the same results, without an autograd graph per chunk, each map
-freed once its layer is done: the layer's peak memory in backward halves). On CUDA the
-first layer (one input channel: little arithmetic, the largest map) is one Triton kernel
-per chunk, its backward another (:mod:`.input_kernels`; five passes over that map in
-forward and three in backward before). Parameters and state-dict names are the module's.
-The sums are the same, but cuDNN picks its algorithms per shape (and the kernels sum in
-their own order), so outputs equal the module's to rounding, not bit for bit (the one fast path
-that is not; the GPU check gives the differences, and the spiking blocks amplify any
-rounding difference: bench/README.md), and weight gradients are summed over chunks.
+``threshold_backward``, the latter in place; the same results, without an autograd graph
+per chunk, each map freed once its layer is done: at most a map and its gradient of one
+layer alive, not the three maps autograd holds at a ReLU, and nothing of a chunk alive into
+the next). On CUDA the first layer (one input channel: little arithmetic, the largest
+map) is one Triton kernel per chunk, its backward another (:mod:`.input_kernels`; five
+passes over that map in forward and three in backward before). Parameters and state-dict
+names are the module's. The sums are the same, but cuDNN picks its algorithms per shape
+(and the kernels sum in their own order), so outputs equal the module's to rounding, not
+bit for bit (the one fast path that is not; the GPU check gives the differences, and the
+spiking blocks amplify any rounding difference: bench/README.md), and weight gradients
+are summed over chunks.
 """
 
 import dataclasses
@@ -276,11 +278,14 @@ class _ChunkedConvolutions(torch.autograd.Function):
                     add(0, fused[0] if needs[2] else None)
                     add(1, fused[1] if needs[3] else None)
                     break
-                if layer > 0 and g_below is not None:  # through the ReLU below
-                    g = torch.ops.aten.threshold_backward(g_below, below, 0)
+                if layer > 0 and g_below is not None:  # through the ReLU below, in place:
+                    # two maps of that layer alive, not three
+                    g = torch.ops.aten.threshold_backward.grad_input(g_below, below, 0,
+                                                                     grad_input=g_below)
                     g_below = below = None
             if grad_xs is not None:
                 grad_xs[:, in_first:in_end] += g_below[:, 0, :in_end - in_first].to(xs.dtype)
+            g = g_below = below = None  # nothing of this chunk alive into the next one
         return (grad_xs, None, *[total.to(p.dtype) if n else None
                                  for total, p, n in zip(totals, params, needs[2:])])
 
