@@ -11,7 +11,8 @@
 #        chunk_probe chunk_profile compile_ahead cold_ahead rounds librispeech
 #        librispeech_variants profile_librispeech profile_ops_librispeech
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
-#        librispeech_input input_tune input_aishell aishell_iml
+#        librispeech_input input_tune input_aishell aishell_iml aishell_memory
+#        checks_shared
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -90,6 +91,13 @@ for t in "$@"; do
             iml_imls_t6@noinputkernels no_encoder_blocks ;;
     aishell_iml)  # the IML default alone through asr_train, AISHELL (its peak memory)
         stock_bf16_task aishell_iml 200 iml_imls_t6 ;;
+    aishell_memory)  # asr_train, AISHELL: peak memory of the default beside shared static
+        # tensors and beside the input layer's PyTorch operations (all in one call)
+        stock_bf16_task aishell_memory 560 transformer iml_imls_t6 iml_imls_t6@sharedstatic \
+            iml_imls_t6@noinputkernels ;;
+    checks_shared)  # the graphs' bit-for-bit checks with the static tensors shared
+        IMLSPIKE_SHARED_STATIC=1 task checks_shared 300 python3 bench/fast_checks.py \
+            --parts graphs --out $RES/checks_shared ;;
     aishell_round)  # one asr_train round: Transformer, default, floor, multi-step
         stock_bf16_task aishell_round 420 transformer iml_imls_t6 no_encoder_blocks \
             iml_multistep_t6:100 ;;

@@ -56,6 +56,9 @@ MODELS = {  # name: (config, environment, extra arguments)
                             {"IMLSPIKE_COMPILE_AHEAD": "0"}, []),
     "iml_imls_t6@noinputkernels": ("train_asr_iml_spikeformer.yaml",
                                    {"IMLSPIKE_INPUT_KERNELS": "0"}, []),
+    # the buckets' static tensors as views of one buffer per role (opt-in until measured)
+    "iml_imls_t6@sharedstatic": ("train_asr_iml_spikeformer.yaml",
+                                 {"IMLSPIKE_SHARED_STATIC": "1"}, []),
     "iml_multistep_t6": ("train_asr_iml_spikeformer_ablation_multistep.yaml", {}, []),
     # the Transformer config without encoder blocks: what every model pays besides them
     "no_encoder_blocks": ("train_asr_transformer_30.35m.yaml", {},

@@ -9,6 +9,7 @@ leaves the real outputs unchanged) is tested here.
 """
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -404,6 +405,52 @@ def test_graphs_differentiate_the_blocks_parameters_not_the_eager_input_layers(m
                 if not name.startswith("embed.") and p.requires_grad]
     assert [id(p) for p in seen["params"]] == [id(p) for p in expected]
     assert len(expected) < len(list(encoder.parameters())) - 4  # embed: 2 convs, Linear
+
+
+def test_buckets_share_their_static_tensors_when_switched_on(monkeypatch):
+    """IMLSPIKE_SHARED_STATIC=1: every bucket's static input is a zeroed view at offset 0 of
+    one buffer per dtype (so the graphs of all buckets read one address); a larger bucket
+    gets a new buffer with headroom and the views taken before keep the old one; a view
+    can be a leaf that requires grad (the input's gradient). Off (the default): a tensor
+    per bucket, as before."""
+    from espnet_imlspike.fast.graph_bucket import Entry, StaticTensors
+    from espnet_imlspike.fast.graphs import EncoderGraphs
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)  # (needs a GPU)
+    monkeypatch.delenv("IMLSPIKE_SHARED_STATIC", raising=False)
+    graphs = EncoderGraphs()
+    assert not graphs.inputs.shared and not graphs.output_grads.shared
+    xs, ilens = torch.randn(3, 5, 8), torch.tensor([5, 4, 2])
+    separate = [Entry(4, 8, xs, ilens, graphs.inputs).xs for _ in range(2)]
+    assert separate[0].untyped_storage().data_ptr() != separate[1].untyped_storage().data_ptr()
+
+    monkeypatch.setenv("IMLSPIKE_SHARED_STATIC", "1")
+    graphs = EncoderGraphs()
+    assert graphs.inputs.shared and graphs.output_grads.shared
+    first = Entry(4, 8, xs, ilens, graphs.inputs)
+    first.xs.fill_(7.0)
+    second = Entry(2, 16, xs, ilens, graphs.inputs)  # as many values: the same buffer
+    assert second.xs.shape == (2, 16, 8) and not second.xs.any()  # zeroed when taken
+    assert second.xs.data_ptr() == first.xs.data_ptr()
+    assert not first.xs.any()  # one memory, one bucket at a time
+    buffer = graphs.inputs.buffers[(torch.float32, torch.device("cpu"))]
+    assert buffer.numel() == math.ceil(4 * 8 * 8 * StaticTensors.HEADROOM)
+    larger = Entry(6, 16, xs, ilens, graphs.inputs)  # more than the buffer holds
+    grown = graphs.inputs.buffers[(torch.float32, torch.device("cpu"))]
+    assert grown.numel() == math.ceil(6 * 16 * 8 * StaticTensors.HEADROOM)
+    assert larger.xs.data_ptr() == grown.data_ptr() != buffer.data_ptr()
+    assert first.xs.data_ptr() == buffer.data_ptr()  # the graphs captured on it keep it
+    half = Entry(4, 8, xs.half(), ilens, graphs.inputs)  # a buffer per dtype
+    assert half.xs.dtype == torch.float16 and half.xs.data_ptr() != grown.data_ptr()
+    grad_out = graphs.output_grads.take((4, 8, 8), torch.float32, torch.device("cpu"))
+    assert grad_out.data_ptr() != grown.data_ptr()  # roles never share
+    # the input's gradient: the view as a leaf that requires grad
+    leaf = larger.xs.requires_grad_(True)
+    weight = torch.randn(8, 3)
+    (got,) = torch.autograd.grad((leaf @ weight).square().sum(), [leaf])
+    with torch.no_grad():
+        expected = 2 * (leaf @ weight) @ weight.t()
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.slow

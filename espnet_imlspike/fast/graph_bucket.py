@@ -1,18 +1,54 @@
 """One bucket of the encoder's CUDA graphs (:mod:`.graphs`): its static tensors and
 graphs, and the autograd node that replays them for a batch padded into the bucket."""
 
+import math
+import os
 import weakref
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
+
+
+class StaticTensors:
+    """Where the buckets' static tensors of one role (the blocks' input, or the gradient of
+    their output) come from: with ``IMLSPIKE_SHARED_STATIC=1``, views at offset 0 of one
+    buffer per dtype and device, shared by every bucket; otherwise a tensor per bucket.
+
+    Sharing is safe because a bucket's static tensor is read only between its replay's
+    copy-in and the end of that replay's backward, and no other graph replays meanwhile
+    (:class:`~.graphs.EncoderGraphs` runs eagerly while a backward is pending). A bucket
+    larger than the buffer gets a new buffer (with :data:`HEADROOM`); the graphs captured
+    on the old one keep it alive through their views.
+    """
+
+    HEADROOM = 1.25
+
+    def __init__(self, shared: Optional[bool] = None):
+        if shared is None:
+            shared = os.environ.get("IMLSPIKE_SHARED_STATIC", "0") == "1"
+        self.shared = shared
+        self.buffers: Dict[tuple, torch.Tensor] = {}
+
+    def take(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device
+             ) -> torch.Tensor:
+        """A zero tensor of ``shape`` (a view into the shared buffer when sharing)."""
+        if not self.shared:
+            return torch.zeros(shape, dtype=dtype, device=device)
+        numel, key = math.prod(shape), (dtype, torch.device(device))
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.zeros(math.ceil(numel * self.HEADROOM), dtype=dtype, device=device)
+            self.buffers[key] = buffer
+        return buffer[:numel].view(shape).zero_()
 
 
 class Entry:
     """Static tensors and graphs of one bucket."""
 
-    def __init__(self, batch: int, frames: int, xs: torch.Tensor, ilens: torch.Tensor):
+    def __init__(self, batch: int, frames: int, xs: torch.Tensor, ilens: torch.Tensor,
+                 inputs: StaticTensors):
         shape = (batch, frames) + tuple(xs.shape[2:])
-        self.xs = torch.zeros(shape, dtype=xs.dtype, device=xs.device)
+        self.xs = inputs.take(shape, xs.dtype, xs.device)
         self.ilens = torch.zeros(batch, dtype=ilens.dtype, device=ilens.device)
         self.forward_graph = torch.cuda.CUDAGraph()
         self.backward_graph: Optional[torch.cuda.CUDAGraph] = None

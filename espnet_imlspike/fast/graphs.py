@@ -41,7 +41,7 @@ import torch
 
 from espnet_imlspike.fast.buckets import bucket_batch, bucket_frames
 from espnet_imlspike.fast.compile_ahead import compile_ahead
-from espnet_imlspike.fast.graph_bucket import Entry, Replay
+from espnet_imlspike.fast.graph_bucket import Entry, Replay, StaticTensors
 from espnet_imlspike.fast.graph_watch import GraphWatch
 from espnet_imlspike.fast.ranks import agree_across_ranks, in_process_group, parameter_aliases
 from espnet_imlspike.neurons import rank_local_maxima
@@ -65,6 +65,8 @@ class EncoderGraphs:
         self.warmed = set()  # modes (key without the shape) warmed up on this stream
         self.pending = None
         self.grad_layout: Dict[torch.dtype, tuple] = {}
+        # the buckets' static inputs and output gradients (shared with IMLSPIKE_SHARED_STATIC=1)
+        self.inputs, self.output_grads = StaticTensors(), StaticTensors()
 
     # graphs live on the device of one process: copies start empty
     def __deepcopy__(self, memo):
@@ -178,7 +180,7 @@ class EncoderGraphs:
         return None
 
     def _capture(self, module, core, xs, ilens, batch, frames, backward, warm) -> Entry:
-        entry = Entry(batch, frames, xs, ilens)
+        entry = Entry(batch, frames, xs, ilens, self.inputs)
         with torch.no_grad():
             entry.xs[:xs.size(0), :xs.size(1)].copy_(xs)
             entry.ilens[:xs.size(0)].copy_(ilens)
@@ -215,7 +217,8 @@ class EncoderGraphs:
             if not self.grad_layout:
                 self._allocate_grads(entry.params)
             views = self.grad_views()
-            entry.grad_out = torch.zeros_like(entry.out)
+            entry.grad_out = self.output_grads.take(entry.out.shape, entry.out.dtype,
+                                                    entry.out.device)
             holder = {}
 
             def run_backward():
