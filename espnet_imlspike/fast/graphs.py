@@ -235,7 +235,7 @@ class EncoderGraphs:
             entry.backward_graph = torch.cuda.CUDAGraph()
             self._captured(entry.backward_graph, run_backward, None)
             entry.grad_xs = holder.get("xs")
-        del out
+        out = None  # its autograd graph freed (entry.out, detached, keeps the output)
         if warm:
             torch.cuda.empty_cache()  # the warm-up's blocks, cached for the side stream only
 
