@@ -10,7 +10,8 @@ Triton kernels of IMLS firing; ``@nochunk`` runs ESPnet's conv-subsampling modul
 instead of the chunked, recomputed one (``fast/subsampling.py``); ``@noahead`` compiles
 the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead.py``);
 ``@noinputkernels`` runs the chunked input layer's first convolution with PyTorch's
-operations instead of its Triton kernels (``fast/input_kernels.py``).
+operations instead of its Triton kernels (``fast/input_kernels.py``); ``@sharedstatic``
+shares the CUDA-graph buckets' static tensors (``fast/graph_bucket.py``, opt-in).
 """
 
 import contextlib
@@ -58,9 +59,13 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
     return IMLSpikeformerEncoder(input_size, **size, timesteps=int(steps), **options)
 
 
-SUFFIX_ENVIRONMENT = {"nographs": "IMLSPIKE_CUDA_GRAPHS", "notriton": "IMLSPIKE_TRITON",
-                      "nochunk": "IMLSPIKE_CHUNKED_INPUT", "noahead": "IMLSPIKE_COMPILE_AHEAD",
-                      "noinputkernels": "IMLSPIKE_INPUT_KERNELS"}
+# a model name's suffix: the environment variable it sets, and to what
+SUFFIX_ENVIRONMENT = {"nographs": ("IMLSPIKE_CUDA_GRAPHS", "0"),
+                      "notriton": ("IMLSPIKE_TRITON", "0"),
+                      "nochunk": ("IMLSPIKE_CHUNKED_INPUT", "0"),
+                      "noahead": ("IMLSPIKE_COMPILE_AHEAD", "0"),
+                      "noinputkernels": ("IMLSPIKE_INPUT_KERNELS", "0"),
+                      "sharedstatic": ("IMLSPIKE_SHARED_STATIC", "1")}
 
 
 @contextlib.contextmanager
@@ -69,10 +74,10 @@ def path_for(name: str):
     from espnet_imlspike.fast import fast_mode
 
     suffix = name.split("@")[1] if "@" in name else ""
-    variable = SUFFIX_ENVIRONMENT.get(suffix)
+    variable, value = SUFFIX_ENVIRONMENT.get(suffix, (None, None))
     previous = os.environ.get(variable) if variable else None
     if variable:
-        os.environ[variable] = "0"
+        os.environ[variable] = value
     try:
         with fast_mode("0" if suffix == "ref" else "auto"):
             yield

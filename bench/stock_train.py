@@ -41,29 +41,24 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded from elsewhere
+from common import SUFFIX_ENVIRONMENT  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf/asr/aishell"
 MODELS = {  # name: (config, environment, extra arguments)
     "transformer": ("train_asr_transformer_30.35m.yaml", {}, []),
     "iml_imls_t6": ("train_asr_iml_spikeformer.yaml", {}, []),
     "iml_imls_t6@ref": ("train_asr_iml_spikeformer.yaml", {"IMLSPIKE_FAST": "0"}, []),
-    "iml_imls_t6@nographs": ("train_asr_iml_spikeformer.yaml",
-                             {"IMLSPIKE_CUDA_GRAPHS": "0"}, []),
-    "iml_imls_t6@notriton": ("train_asr_iml_spikeformer.yaml", {"IMLSPIKE_TRITON": "0"}, []),
-    "iml_imls_t6@nochunk": ("train_asr_iml_spikeformer.yaml",
-                            {"IMLSPIKE_CHUNKED_INPUT": "0"}, []),
-    "iml_imls_t6@noahead": ("train_asr_iml_spikeformer.yaml",
-                            {"IMLSPIKE_COMPILE_AHEAD": "0"}, []),
-    "iml_imls_t6@noinputkernels": ("train_asr_iml_spikeformer.yaml",
-                                   {"IMLSPIKE_INPUT_KERNELS": "0"}, []),
-    # the buckets' static tensors as views of one buffer per role (opt-in until measured)
-    "iml_imls_t6@sharedstatic": ("train_asr_iml_spikeformer.yaml",
-                                 {"IMLSPIKE_SHARED_STATIC": "1"}, []),
     "iml_multistep_t6": ("train_asr_iml_spikeformer_ablation_multistep.yaml", {}, []),
     # the Transformer config without encoder blocks: what every model pays besides them
     "no_encoder_blocks": ("train_asr_transformer_30.35m.yaml", {},
                           ["--encoder_conf", "num_blocks=0"]),
 }
+# the default with one fast path switched (bench/common.py's suffixes)
+MODELS.update({
+    f"iml_imls_t6@{suffix}": ("train_asr_iml_spikeformer.yaml", {variable: value}, [])
+    for suffix, (variable, value) in SUFFIX_ENVIRONMENT.items()})
 # recipe: (config folder, its config for each aishell config name, frames (low, high),
 # token list size, extra arguments)
 RECIPES = {
