@@ -93,6 +93,10 @@ def multi_level_fire(u: torch.Tensor, timesteps: int) -> torch.Tensor:
         Spike counts in ``{0, ..., T}`` with the dtype of ``u``.
     """
     clipped = u.clamp(0.0, float(timesteps))
+    if not (torch.is_grad_enabled() and clipped.requires_grad):
+        # no gradient to carry (inference): the same values, two passes and a tensor fewer
+        # (``c + (floor(c) - c)`` is exactly ``floor(c)``: the difference is exact)
+        return clipped.floor_()
     return clipped + (torch.floor(clipped) - clipped).detach()
 
 

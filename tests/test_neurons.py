@@ -57,6 +57,32 @@ def test_multi_level_fire_outputs_integers_and_keeps_dtype():
     assert torch.equal(s, torch.floor(u.float().clamp(0, 6)).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16,
+                                   torch.float16])
+def test_multi_level_fire_without_gradient_gives_the_training_forwards_values(dtype):
+    """Inference (no gradient) skips the straight-through construction: the values are
+    those of the graph-building forward and of floor(clip(u, 0, T)) worked in float64,
+    for values on both sides of every level, the bounds, large values, infinities, NaN."""
+    generator = torch.Generator().manual_seed(0)
+    levels = torch.arange(-1, 8, dtype=torch.float64)
+    u = torch.cat([torch.randn(4000, generator=generator, dtype=torch.float64) * 4,
+                   levels, levels - 1e-3, levels + 1e-3,
+                   torch.tensor([-0.0, 1e30, -1e30, math.inf, -math.inf, math.nan],
+                                dtype=torch.float64)]).to(dtype)
+    original = u.clone()
+    with torch.no_grad():
+        inference = multi_level_fire(u, 6)
+    training = multi_level_fire(u.clone().requires_grad_(), 6)
+    assert training.requires_grad and not inference.requires_grad
+    expected = torch.floor(u.double().clamp(0, 6)).to(dtype)
+    assert torch.equal(inference.isnan(), expected.isnan())
+    keep = ~expected.isnan()
+    assert torch.equal(inference[keep], expected[keep])
+    assert torch.equal(inference[keep], training.detach()[keep])
+    assert inference.dtype == dtype
+    torch.testing.assert_close(u, original, rtol=0, atol=0, equal_nan=True)  # input kept
+
+
 def test_imls_threshold_from_valid_frames_only_eq10():
     torch.manual_seed(0)
     steps = 4
