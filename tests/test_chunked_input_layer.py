@@ -3,6 +3,8 @@ the convolutions run over time chunks (outputs and gradients equal the stock mod
 to the order of float sums), and autograd keeps only the input features and the output
 instead of the feature maps."""
 
+import math
+
 import pytest
 import torch
 from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
@@ -177,6 +179,32 @@ def test_backward_holds_at_most_two_first_maps_of_a_chunk(monkeypatch):
         flat.backward(grad)
     assert first > bound - 2 * first - second  # the bound tells two first maps from three
     assert 0 < tracker.peak <= bound, (tracker.peak, first, bound)
+
+
+def test_a_non_finite_gradient_where_the_last_relu_is_off_stays_out_as_in_autograd(monkeypatch):
+    """The last ReLU's backward is autograd's (``threshold_backward``): where the layer's
+    output is 0, the incoming gradient is dropped, NaN or infinite included, so the weight
+    gradients stay those of ESPnet's module under autograd (a product with the ReLU's mask
+    turned NaN * 0 into NaN and poisoned every weight gradient)."""
+    monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)
+    monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
+    embed = layer("conv2d")
+    xs = torch.randn(2, 61, FREQ, dtype=torch.float64)
+    params = [p for conv in subsampling._convolutions(embed) for p in conv.parameters()]
+    maps = embed.conv(xs[:, None])  # ESPnet's forward, flattened as its output Linear reads it
+    reference = maps.transpose(1, 2).flatten(2)
+    flat = subsampling._ChunkedConvolutions.apply(xs, geometry(embed), *params)
+    torch.testing.assert_close(flat, reference, rtol=0, atol=1e-13)
+    grad = torch.randn_like(reference)
+    off = reference == 0
+    assert off.any() and not off.all()
+    grad[off] = torch.tensor([math.nan, math.inf, -math.inf]).repeat(off.sum().item())[
+        :off.sum().item()].double()
+    expected = torch.autograd.grad(reference, params, grad)
+    got = torch.autograd.grad(flat, params, grad)
+    for a, b in zip(expected, got):
+        assert a.isfinite().all()
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12 * a.abs().max().item())
 
 
 def test_the_stock_module_runs_where_the_chunked_path_does_not_apply(monkeypatch):

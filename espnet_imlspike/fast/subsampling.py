@@ -253,9 +253,11 @@ class _ChunkedConvolutions(torch.autograd.Function):
             # gradient, so they add nothing
             rows = _padded(xs[:, None, in_first:in_end], 2, in_rows)
             maps = _maps(geometry.strides[:-1], weights, rows, autocast)
-            # the last layer's ReLU from the output kept; every layer's backward by hand,
-            # as autograd would run it (the same aten operations, no engine per chunk)
-            g = _padded(grad[:, first:end] * (out[:, first:end] > 0), 1, step)
+            # the last layer's ReLU backward from the output kept (autograd's operation: a
+            # gradient where the output is 0 is dropped, NaN included); every layer's
+            # backward by hand, as autograd would run it (no engine per chunk)
+            g = _padded(torch.ops.aten.threshold_backward(
+                grad[:, first:end], out[:, first:end], 0), 1, step)
             g = g.permute(0, 2, 1, 3)
             # the first layer's ReLU and parameter gradients in one kernel pass
             fused_first = (lowest == 0 and grad_xs is None and len(geometry.strides) > 1
