@@ -441,7 +441,6 @@ def main(argv=None):
                 with path_for("chunked@noinputkernels"):
                     results[f"input_layer_{name}_noinputkernels"] = input_layer(
                         device, dtype, args.size)
-            if dtype != torch.float64:
                 results[f"chunked_encoder_{name}"] = chunked_encoder(device, dtype, args.size)
         print(json.dumps(results), flush=True)
     if "long" in args.parts:

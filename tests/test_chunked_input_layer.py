@@ -155,8 +155,8 @@ def test_backward_holds_at_most_two_first_maps_of_a_chunk(monkeypatch):
     """The first layer's backward needs its map and the map's gradient (two first maps of a
     chunk); the ReLU's gradient is taken in place and nothing of a chunk outlives it, so
     the peak of the tensors backward creates stays under two first maps, plus the second
-    layer's output gradient (and its ReLU mask) and the chunk's input rows and the
-    parameter gradients. Counted with the PyTorch operations (the CPU's path)."""
+    layer's output gradient (twice while the last chunk's is zero-padded), the chunk's input
+    rows and the parameter gradients. Counted with the PyTorch operations (the CPU's path)."""
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 40_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
     embed = layer("conv2d", torch.float32)

@@ -23,10 +23,8 @@ class StaticTensors:
 
     HEADROOM = 1.25
 
-    def __init__(self, shared: Optional[bool] = None):
-        if shared is None:
-            shared = os.environ.get("IMLSPIKE_SHARED_STATIC", "0") == "1"
-        self.shared = shared
+    def __init__(self):
+        self.shared = os.environ.get("IMLSPIKE_SHARED_STATIC", "0") == "1"
         self.buffers: Dict[tuple, torch.Tensor] = {}
 
     def take(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device

@@ -275,8 +275,7 @@ class _ChunkedConvolutions(torch.autograd.Function):
                     fused = input_kernels.run_or_none(
                         input_kernels.first_map_backward, g_below, below, maps[0],
                         weights[0], geometry.strides[0])
-                if fused is not None:  # this chunk's maps and gradients freed before the next's
-                    g_below = below = g_weight = g_bias = None
+                if fused is not None:
                     add(0, fused[0] if needs[2] else None)
                     add(1, fused[1] if needs[3] else None)
                     break
@@ -287,7 +286,8 @@ class _ChunkedConvolutions(torch.autograd.Function):
                     g_below = below = None
             if grad_xs is not None:
                 grad_xs[:, in_first:in_end] += g_below[:, 0, :in_end - in_first].to(xs.dtype)
-            g = g_below = below = None  # nothing of this chunk alive into the next one
+            # nothing of this chunk alive into the next one (its maps and gradients)
+            g = g_below = below = g_weight = g_bias = None
         return (grad_xs, None, *[total.to(p.dtype) if n else None
                                  for total, p, n in zip(totals, params, needs[2:])])
 
