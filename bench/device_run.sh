@@ -91,13 +91,18 @@ for t in "$@"; do
             iml_imls_t6@noinputkernels no_encoder_blocks ;;
     aishell_iml)  # the IML default alone through asr_train, AISHELL (its peak memory)
         stock_bf16_task aishell_iml 200 iml_imls_t6 ;;
-    aishell_memory)  # asr_train, AISHELL: peak memory of the default beside shared static
-        # tensors and beside the input layer's PyTorch operations (all in one call)
-        stock_bf16_task aishell_memory 560 transformer iml_imls_t6 iml_imls_t6@sharedstatic \
+    aishell_memory)  # asr_train, AISHELL: peak memory of the default beside a static
+        # tensor pair per bucket and beside the input layer's PyTorch operations
+        stock_bf16_task aishell_memory 560 transformer iml_imls_t6 iml_imls_t6@nosharedstatic \
             iml_imls_t6@noinputkernels ;;
-    checks_shared)  # the graphs' bit-for-bit checks with the static tensors shared
-        IMLSPIKE_SHARED_STATIC=1 task checks_shared 300 python3 bench/fast_checks.py \
-            --parts graphs --out $RES/checks_shared ;;
+    checks_shared)  # the graphs' bit-for-bit checks (static tensors shared: the default)
+        task checks_shared 300 python3 bench/fast_checks.py --parts graphs \
+            --out $RES/checks_shared ;;
+    input_checks)  # the chunked input layer (and its kernels) against ESPnet's module
+        task input_checks 300 python3 bench/fast_checks.py --out $RES/input_checks \
+            --parts input input_kernels ;;
+    aishell_pair)  # asr_train, AISHELL: the Transformer and the default, time and memory
+        stock_bf16_task aishell_pair 300 transformer iml_imls_t6 ;;
     aishell_round)  # one asr_train round: Transformer, default, floor, multi-step
         stock_bf16_task aishell_round 420 transformer iml_imls_t6 no_encoder_blocks \
             iml_multistep_t6:100 ;;
@@ -203,10 +208,12 @@ for t in "$@"; do
         task profile_compiled 200 python3 bench/profile_step.py --out $RES/profile --eval \
             --compile --frames 1200 --top 30 --models transformer no_encoder_blocks iml_imls_t6
         grep -h "^##" $RES/profile/*.txt ;;
-    memory_trace|memory_trace_iml)  # where the reserved memory is when it peaks (allocator
-        # history; slow); memory_trace_iml: the IML default only
+    memory_trace|memory_trace_iml|memory_trace_input)  # where the reserved memory is when
+        # it peaks (allocator history; slow); memory_trace_iml: the IML default only;
+        # memory_trace_input: the default beside the input layer's PyTorch operations
         models="iml_imls_t6 no_encoder_blocks transformer"
         [ $t = memory_trace_iml ] && models=iml_imls_t6
+        [ $t = memory_trace_input ] && models="iml_imls_t6 iml_imls_t6@noinputkernels"
         ( export IMLSPIKE_MEMORY_TRACE=1
           stock_bf16_task memory_trace 420 $models )
         for d in /tmp/memory_trace/*_bf16; do cp $d/memory.trace.json \

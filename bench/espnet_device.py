@@ -119,7 +119,10 @@ def write_memory(path: str) -> None:
 def write_memory_trace(path: str) -> None:
     """From the allocator's history of the whole run (``IMLSPIKE_MEMORY_TRACE=1``): the
     reserved and allocated bytes per stream (CUDA-graph pools apart) at the moment the
-    reserved total peaked, and the largest segments held then."""
+    reserved total peaked, the largest segments held then and the allocations just before
+    (what the step was doing when a new segment was needed)."""
+    import collections
+
     import torch
 
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
@@ -128,6 +131,7 @@ def write_memory_trace(path: str) -> None:
     trace = snapshot["device_traces"][torch.cuda.current_device()]
     in_pools = {s["address"] for s in snapshot["segments"] if in_graph_pool(s)}
     segments, allocated, best, total = {}, {}, {"reserved": -1}, 0
+    recent = collections.deque(maxlen=24)  # (size MiB, place, action) before an event
     for index, event in enumerate(trace):
         action, address, size = event["action"], event["addr"], event["size"]
         where = "graph pool" if address in in_pools else f"stream {event['stream']}"
@@ -138,8 +142,10 @@ def write_memory_trace(path: str) -> None:
             total -= segments.pop(address, (0, None))[0]
         elif action == "alloc":
             allocated[where] = allocated.get(where, 0) + size
+            recent.append((round(size / 2**20, 2), where, "alloc"))
         elif action == "free_completed":
             allocated[where] = allocated.get(where, 0) - size
+            recent.append((round(size / 2**20, 2), where, "free"))
         else:
             continue
         if total > best["reserved"]:
@@ -148,7 +154,8 @@ def write_memory_trace(path: str) -> None:
                 by_place[place] = by_place.get(place, 0) + size
             best = {"reserved": total, "event": index, "reserved_by_place": by_place,
                     "allocated_by_place": dict(allocated),
-                    "largest_segments": sorted(segments.values(), reverse=True)[:40]}
+                    "largest_segments": sorted(segments.values(), reverse=True)[:40],
+                    "recent": list(recent)}
     gib = lambda d: {k: v / 2**30 for k, v in d.items()}  # noqa: E731
     Path(path).write_text(json.dumps({
         "events": len(trace), "complete": len(trace) < TRACE_ENTRIES,
@@ -157,6 +164,7 @@ def write_memory_trace(path: str) -> None:
         "allocated_by_place_gib": gib(best.get("allocated_by_place", {})),
         "largest_segments_mib": [(size / 2**20, place)
                                  for size, place in best.get("largest_segments", [])],
+        "events_before_peak_mib": best.get("recent", []),
     }, indent=1))
 
 
