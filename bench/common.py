@@ -10,8 +10,8 @@ Triton kernels of IMLS firing; ``@nochunk`` runs ESPnet's conv-subsampling modul
 instead of the chunked, recomputed one (``fast/subsampling.py``); ``@noahead`` compiles
 the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead.py``);
 ``@noinputkernels`` runs the chunked input layer's first convolution with PyTorch's
-operations instead of its Triton kernels (``fast/input_kernels.py``); ``@sharedstatic``
-shares the CUDA-graph buckets' static tensors (``fast/graph_bucket.py``, opt-in).
+operations instead of its Triton kernels (``fast/input_kernels.py``); ``@nosharedstatic``
+gives each CUDA-graph bucket its own static tensors (``fast/graph_bucket.py``).
 """
 
 import contextlib
@@ -65,7 +65,7 @@ SUFFIX_ENVIRONMENT = {"nographs": ("IMLSPIKE_CUDA_GRAPHS", "0"),
                       "nochunk": ("IMLSPIKE_CHUNKED_INPUT", "0"),
                       "noahead": ("IMLSPIKE_COMPILE_AHEAD", "0"),
                       "noinputkernels": ("IMLSPIKE_INPUT_KERNELS", "0"),
-                      "sharedstatic": ("IMLSPIKE_SHARED_STATIC", "1")}
+                      "nosharedstatic": ("IMLSPIKE_SHARED_STATIC", "0")}
 
 
 @contextlib.contextmanager

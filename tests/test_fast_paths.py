@@ -407,24 +407,24 @@ def test_graphs_differentiate_the_blocks_parameters_not_the_eager_input_layers(m
     assert len(expected) < len(list(encoder.parameters())) - 4  # embed: 2 convs, Linear
 
 
-def test_buckets_share_their_static_tensors_when_switched_on(monkeypatch):
-    """IMLSPIKE_SHARED_STATIC=1: every bucket's static input is a zeroed view at offset 0 of
-    one buffer per dtype (so the graphs of all buckets read one address); a larger bucket
-    gets a new buffer with headroom and the views taken before keep the old one; a view
-    can be a leaf that requires grad (the input's gradient). Off (the default): a tensor
-    per bucket, as before."""
+def test_buckets_share_their_static_tensors_unless_switched_off(monkeypatch):
+    """By default every bucket's static input is a zeroed view at offset 0 of one buffer
+    per dtype (so the graphs of all buckets read one address); a larger bucket gets a new
+    buffer with headroom and the views taken before keep the old one; a view can be a
+    leaf that requires grad (the input's gradient). IMLSPIKE_SHARED_STATIC=0: a tensor per
+    bucket."""
     from espnet_imlspike.fast.graph_bucket import Entry, StaticTensors
     from espnet_imlspike.fast.graphs import EncoderGraphs
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)  # (needs a GPU)
-    monkeypatch.delenv("IMLSPIKE_SHARED_STATIC", raising=False)
+    monkeypatch.setenv("IMLSPIKE_SHARED_STATIC", "0")
     graphs = EncoderGraphs()
     assert not graphs.inputs.shared and not graphs.output_grads.shared
     xs, ilens = torch.randn(3, 5, 8), torch.tensor([5, 4, 2])
     separate = [Entry(4, 8, xs, ilens, graphs.inputs).xs for _ in range(2)]
     assert separate[0].untyped_storage().data_ptr() != separate[1].untyped_storage().data_ptr()
 
-    monkeypatch.setenv("IMLSPIKE_SHARED_STATIC", "1")
+    monkeypatch.delenv("IMLSPIKE_SHARED_STATIC")
     graphs = EncoderGraphs()
     assert graphs.inputs.shared and graphs.output_grads.shared
     first = Entry(4, 8, xs, ilens, graphs.inputs)

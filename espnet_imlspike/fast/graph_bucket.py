@@ -11,8 +11,8 @@ import torch
 
 class StaticTensors:
     """Where the buckets' static tensors of one role (the blocks' input, or the gradient of
-    their output) come from: with ``IMLSPIKE_SHARED_STATIC=1``, views at offset 0 of one
-    buffer per dtype and device, shared by every bucket; otherwise a tensor per bucket.
+    their output) come from: by default views at offset 0 of one buffer per dtype and
+    device, shared by every bucket; with ``IMLSPIKE_SHARED_STATIC=0`` a tensor per bucket.
 
     Sharing is safe because a bucket's static tensor is read only between its replay's
     copy-in and the end of that replay's backward, and no other graph replays meanwhile
@@ -24,7 +24,7 @@ class StaticTensors:
     HEADROOM = 1.25
 
     def __init__(self):
-        self.shared = os.environ.get("IMLSPIKE_SHARED_STATIC", "0") == "1"
+        self.shared = os.environ.get("IMLSPIKE_SHARED_STATIC", "1") != "0"
         self.buffers: Dict[tuple, torch.Tensor] = {}
 
     def take(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device

@@ -65,7 +65,7 @@ class EncoderGraphs:
         self.warmed = set()  # modes (key without the shape) warmed up on this stream
         self.pending = None
         self.grad_layout: Dict[torch.dtype, tuple] = {}
-        # the buckets' static inputs and output gradients (shared with IMLSPIKE_SHARED_STATIC=1)
+        # the buckets' static inputs and output gradients (shared unless IMLSPIKE_SHARED_STATIC=0)
         self.inputs, self.output_grads = StaticTensors(), StaticTensors()
 
     # graphs live on the device of one process: copies start empty
