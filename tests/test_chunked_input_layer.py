@@ -10,6 +10,7 @@ import torch
 from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
 
 from espnet_imlspike.encoders.common import CONV_SUBSAMPLING
+from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import chunked_input_layer, fast_mode, subsampling
 from helpers import LiveBytes
 
@@ -81,6 +82,9 @@ def test_backward_recomputes_the_last_map_where_its_convolution_is_cheap(name, u
     for switch in ("1", "0"):
         monkeypatch.setenv("IMLSPIKE_RECOMPUTE_LAST_MAP", switch)
         assert shape.recomputes_last() == (switch == "1")
+    monkeypatch.setenv("IMLSPIKE_RECOMPUTE_LAST_MAP", "yes")  # a typo is named, not ignored
+    with pytest.raises(OptionError, match="IMLSPIKE_RECOMPUTE_LAST_MAP must be one of"):
+        shape.recomputes_last()
 
 
 def test_large_batches_get_chunks_of_at_least_eight_output_rows():

@@ -49,7 +49,8 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
     Conv2dSubsampling8,
 )
 
-from espnet_imlspike.fast import enabled, has_hooks
+from espnet_imlspike.errors import OptionError
+from espnet_imlspike.fast import MODES, enabled, has_hooks
 from espnet_imlspike.fast.chunked_input_layer import ChunkedInputLayer
 
 # values of the largest feature map one chunk computes (64 MiB in bf16) ...
@@ -114,7 +115,10 @@ class _Geometry:
         """Whether backward recomputes the last map instead of keeping it
         (:data:`RECOMPUTE_MACS_PER_VALUE`, ``IMLSPIKE_RECOMPUTE_LAST_MAP``)."""
         switch = os.environ.get("IMLSPIKE_RECOMPUTE_LAST_MAP", "auto")
-        if switch in ("0", "1"):
+        if switch not in MODES:
+            raise OptionError(f"IMLSPIKE_RECOMPUTE_LAST_MAP must be one of {MODES}, "
+                              f"got {switch!r}")
+        if switch != "auto":
             return switch == "1"
         kernel = self.kernels[-1][0] * self.kernels[-1][1]
         inputs = self.channels[-2] if len(self.channels) > 1 else 1
