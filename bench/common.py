@@ -11,7 +11,9 @@ instead of the chunked, recomputed one (``fast/subsampling.py``); ``@noahead`` c
 the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead.py``);
 ``@noinputkernels`` runs the chunked input layer's first convolution with PyTorch's
 operations instead of its Triton kernels (``fast/input_kernels.py``); ``@nosharedstatic``
-gives each CUDA-graph bucket its own static tensors (``fast/graph_bucket.py``).
+gives each CUDA-graph bucket its own static tensors (``fast/graph_bucket.py``);
+``@recomputelast`` / ``@keeplast`` make the chunked input layer's backward recompute / keep
+its last map whatever its cost (``fast/subsampling.py``).
 """
 
 import contextlib
@@ -65,7 +67,9 @@ SUFFIX_ENVIRONMENT = {"nographs": ("IMLSPIKE_CUDA_GRAPHS", "0"),
                       "nochunk": ("IMLSPIKE_CHUNKED_INPUT", "0"),
                       "noahead": ("IMLSPIKE_COMPILE_AHEAD", "0"),
                       "noinputkernels": ("IMLSPIKE_INPUT_KERNELS", "0"),
-                      "nosharedstatic": ("IMLSPIKE_SHARED_STATIC", "0")}
+                      "nosharedstatic": ("IMLSPIKE_SHARED_STATIC", "0"),
+                      "recomputelast": ("IMLSPIKE_RECOMPUTE_LAST_MAP", "1"),
+                      "keeplast": ("IMLSPIKE_RECOMPUTE_LAST_MAP", "0")}
 
 
 @contextlib.contextmanager
