@@ -131,6 +131,10 @@ for t in "$@"; do
         grep -E "^##" $RES/profile_short_librispeech.log ;;
     librispeech_variants)  # the same asr_train runs: the Transformer, IML without chunks
         stock_bf16_librispeech librispeech_variants 560 transformer iml_imls_t6@nochunk ;;
+    librispeech_last)  # asr_train, LibriSpeech: the default (last map kept) beside
+        # recomputing it, and the Transformer
+        stock_bf16_librispeech librispeech_last 560 transformer iml_imls_t6 \
+            iml_imls_t6@recomputelast ;;
     librispeech)  # the LibriSpeech configs (18 x 512, numel batches of 1000 s of audio)
         stock_bf16_librispeech librispeech 580 transformer iml_imls_t6 no_encoder_blocks ;;
     cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)
