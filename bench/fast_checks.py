@@ -127,8 +127,8 @@ def graphs_vs_eager(device, dtype, size):
     xs, lengths = batch(device)
     results = {}
     # the first bucket warms up before its capture, the second (another shape, same
-    # mode) is captured without one; then the first replays again (with
-    # shared static tensors, the default, its are views of the buffers the second used)
+    # mode) is captured without one; then the first replays again (its static tensors,
+    # shared by default, are then views of the buffers the second used)
     second = batch(device, lengths=(1000, 990, 700, 650, 300))
     for prefix, (xs_b, lengths_b) in (("", (xs, lengths)), ("second_bucket_", second),
                                       ("first_bucket_again_", (xs, lengths))):
