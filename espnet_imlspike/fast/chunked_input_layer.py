@@ -117,6 +117,7 @@ class ChunkedInputLayer(torch.autograd.Function):
                 kept[:, first:end] = last[:, :end - first]
         if not recompute:
             out = torch.nn.functional.linear(kept, linear_weight, linear_bias)
+        ctx.chunks, ctx.in_rows = chunks, in_rows  # backward runs the same chunks
         ctx.save_for_backward(xs, kept, *params)
         return out
 
@@ -125,7 +126,6 @@ class ChunkedInputLayer(torch.autograd.Function):
         xs, kept, *params = ctx.saved_tensors
         geometry, autocast, needs = ctx.geometry, ctx.autocast, ctx.needs_input_grad
         layers, channels = len(geometry.strides), geometry.channels[-1]
-        batch, frames, freq = xs.shape
         *weights, linear_weight, _ = _weights(params, autocast)
         linear_weight = _frequency_major(linear_weight, channels)
         grad_xs = torch.zeros_like(xs) if needs[0] else None
@@ -135,9 +135,8 @@ class ChunkedInputLayer(torch.autograd.Function):
                                         default=layers)
         below_last = lowest < layers or grad_xs is not None
         totals: List[Optional[torch.Tensor]] = [None] * len(params)
-        chunks = geometry.chunks(batch, frames, freq)
+        chunks, in_rows = ctx.chunks, ctx.in_rows
         step = chunks[0][1] - chunks[0][0]
-        in_rows = geometry.rows(step)[0]
 
         def add(index, g_param):
             if g_param is not None:  # (a frozen layer's is not computed)
@@ -150,13 +149,11 @@ class ChunkedInputLayer(torch.autograd.Function):
             # the last chunk zero-padded as in forward; its padded output rows get zero
             # gradient, so they add nothing
             rows = _padded(xs[:, None, in_first:in_end], 2, in_rows)
-            maps = [None] * (layers + 1)
             if kept is None:
                 maps = _maps(geometry.strides, weights, rows, autocast)
                 last, maps[layers] = _rows(maps[layers]), None
-            else:
-                if below_last:
-                    maps = _maps(geometry.strides[:-1], weights, rows, autocast) + [None]
+            else:  # (the layers below need their backward here: else there are no chunks)
+                maps = _maps(geometry.strides[:-1], weights, rows, autocast) + [None]
                 last = _padded(kept[:, first:end], 1, step)
             g_out = _padded(grad_out[:, first:end], 1, step).to(last.dtype)
             # the Linear's backward, as autograd's: the input gradient through the weight;
