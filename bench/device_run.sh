@@ -12,7 +12,7 @@
 #        librispeech_variants profile_librispeech profile_ops_librispeech
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
-#        checks_shared
+#        checks_shared profile_ops_now librispeech_profile
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -124,6 +124,16 @@ for t in "$@"; do
             --out $RES/profile_ops_librispeech --size librispeech --batch 64 --frames 1536 \
             --top 60 --models transformer iml_imls_t6@nographs
         grep -E "^##|^\{" $RES/profile_ops_librispeech.log ;;
+    profile_ops_now)  # which operators launch the IML step's kernels now (no graphs),
+        # at LibriSpeech's long and short numel batches
+        task profile_ops_long 300 python3 bench/profile_step.py --by-op \
+            --out $RES/profile_ops_long --size librispeech --batch 64 --frames 1536 \
+            --top 50 --models transformer iml_imls_t6 iml_imls_t6@nographs
+        grep -E "^##|^\{" $RES/profile_ops_long.log
+        task profile_ops_short 300 python3 bench/profile_step.py --by-op \
+            --out $RES/profile_ops_short --size librispeech --batch 256 --frames 384 \
+            --top 50 --models transformer iml_imls_t6 iml_imls_t6@nographs
+        grep -E "^##|^\{" $RES/profile_ops_short.log ;;
     profile_short_librispeech)  # the encoder step on a numel batch of short utterances
         task profile_short_librispeech 200 python3 bench/profile_step.py \
             --out $RES/profile_short_librispeech --size librispeech --batch 256 --frames 384 \
@@ -135,6 +145,17 @@ for t in "$@"; do
         # recomputing it, and the Transformer
         stock_bf16_librispeech librispeech_last 560 transformer iml_imls_t6 \
             iml_imls_t6@recomputelast ;;
+    librispeech_profile)  # asr_train, LibriSpeech, the Transformer and the default, each
+        # with steps 181-185 under the profiler (bench/step_profile.py; the last 100 clean)
+        task librispeech_profile 580 python3 bench/stock_train.py --out /tmp/lprof \
+            --recipe librispeech --utterances 8000 --pool 1500 --precision bf16 \
+            --step-profile 180:5 --models transformer iml_imls_t6
+        mkdir -p $RES/librispeech_profile && cp /tmp/lprof/stock_train.* $RES/librispeech_profile/
+        for d in /tmp/lprof/*_bf16; do n=$(basename $d); grep -v "^ " $d/train.log | tail -80 \
+            > $RES/librispeech_profile/$n.log; cp $d/step_profile.json \
+            $RES/librispeech_profile/$n.step_profile.json; cp $d/step_profile.trace.json.gz \
+            $OUT/$n.trace.json.gz; done
+        tar czf $OUT/results.tgz -C $RES . ;;
     librispeech)  # the LibriSpeech configs (18 x 512, numel batches of 1000 s of audio)
         stock_bf16_librispeech librispeech 580 transformer iml_imls_t6 no_encoder_blocks ;;
     cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)

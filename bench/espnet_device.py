@@ -15,6 +15,7 @@ decorator). Then it registers this repository's encoders (what the installed
 reserved) to ``path`` at exit, with the CUDA-graph pools and the eager cache per stream
 held then. With ``IMLSPIKE_MEMORY_TRACE=1`` also ``*.trace.json``: where the reserved
 memory was (per stream, CUDA-graph pools apart) when it peaked, from the allocator's history.
+``IMLSPIKE_STEP_PROFILE=path.json`` profiles a few training steps (``bench/step_profile.py``).
 """
 
 import atexit
@@ -189,6 +190,11 @@ def main() -> None:
                                                      max_entries=TRACE_ENTRIES)
             atexit.register(write_memory_trace, os.environ["IMLSPIKE_MEMORY_JSON"]
                             .replace(".json", ".trace.json"))
+    if os.environ.get("IMLSPIKE_STEP_PROFILE"):
+        sys.path.insert(0, str(REPO / "bench"))
+        import step_profile
+
+        step_profile.install(os.environ["IMLSPIKE_STEP_PROFILE"])
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

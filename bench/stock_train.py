@@ -156,7 +156,7 @@ def parse_log(text: str):
 
 
 def run_model(name, precision, data, tokens, out, steps, smoke, cold=False,
-              recipe="aishell"):
+              recipe="aishell", step_profile=None):
     config_file, env_extra, extra = MODELS[name.split(":")[0]]
     folder, configs, _, _, recipe_extra = RECIPES[recipe]
     if recipe != "aishell" and config_file not in configs:
@@ -169,6 +169,9 @@ def run_model(name, precision, data, tokens, out, steps, smoke, cold=False,
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, IMLSPIKE_MEMORY_JSON=str(memory), PYTHONWARNINGS="ignore",
                **env_extra)
+    if step_profile:  # bench/step_profile.py: a few steps under the PyTorch profiler
+        env.update(IMLSPIKE_STEP_PROFILE=str(run_dir / "step_profile.json"),
+                   IMLSPIKE_STEP_PROFILE_STEPS=step_profile)
     if cold:  # a machine's first run: an empty Triton cache of its own
         env["TRITON_CACHE_DIR"] = str(run_dir / "triton_cache")
         shutil.rmtree(env["TRITON_CACHE_DIR"], ignore_errors=True)
@@ -191,6 +194,9 @@ def run_model(name, precision, data, tokens, out, steps, smoke, cold=False,
            "process_wall_s": wall, "espnet_gpu_max_cached_gib": cached, "marks": marks}
     if memory.exists():
         row.update(json.loads(memory.read_text()))
+    if (run_dir / "step_profile.json").exists():
+        profiled = json.loads((run_dir / "step_profile.json").read_text())
+        row["step_profile"] = {k: v for k, v in profiled.items() if not isinstance(v, list)}
     if done.returncode:
         row["error"] = log[-3000:]
     return row
@@ -257,6 +263,10 @@ def main(argv=None):
                         help="feature files the training utterances share (0: one each)")
     parser.add_argument("--cold", action="store_true",
                         help="each model run with its own empty Triton cache (a first run)")
+    parser.add_argument("--step-profile", metavar="FIRST:COUNT",
+                        help="profile COUNT iterations after iteration FIRST of each run "
+                        "(bench/step_profile.py; those steps are slower: keep them out of "
+                        "the last 100)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.utterances = 4, 24
@@ -270,7 +280,7 @@ def main(argv=None):
         for name in args.models:
             out = args.out / f"round{round_index + 1}" if args.rounds > 1 else args.out
             row = run_model(name, precision, data, tokens, out, args.steps, args.smoke,
-                            args.cold, args.recipe)
+                            args.cold, args.recipe, args.step_profile)
             if args.rounds > 1:
                 row["round"] = round_index + 1
             rows.append(row)
