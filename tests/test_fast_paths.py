@@ -296,6 +296,17 @@ def test_buckets():
     assert [bucket_frames(n) for n in (1, 128, 129, 1000, 1025, 2049, 4096)] == [
         128, 128, 256, 1024, 1280, 2560, 4096]
     assert bucket_frames(4097) is None
+    # conv2d6 (6 input frames a frame): 128 / 6, 256 / 6, 512 / 6 input frames rounded to
+    # multiples of 16 frames (16, 48, 80), up to 1024, 2048, 4096 input frames
+    assert [bucket_frames(n, 6) for n in (1, 17, 100, 170, 171, 341, 342, 682)] == [
+        16, 32, 112, 176, 192, 384, 400, 720]
+    assert bucket_frames(683, 6) is None
+    # conv2d (4): multiples of 32, 64, 128 frames, i.e. the same 128, 256, 512 input frames
+    assert [bucket_frames(n, 4) for n in (1, 33, 256, 257, 512, 513, 1024)] == [
+        32, 64, 256, 320, 512, 640, 1024]
+    for scale in (1, 2, 4, 6, 8):  # lengths aligned for the attention's products
+        for n in range(1, 4096 // scale + 1):
+            assert bucket_frames(n, scale) % 16 == 0 and bucket_frames(n, scale) >= n
     assert [bucket_batch(n) for n in (1, 5, 9, 17, 32, 33, 129, 285, 512)] == [
         1, 6, 10, 20, 32, 40, 160, 320, 512]
     assert bucket_batch(513) is None

@@ -11,16 +11,24 @@ from typing import Optional
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160,
                  192, 256, 320, 384, 512)
 MAX_FRAMES = 4096
+# bucket lengths are multiples of 16 frames: a key row of the attention's products in bf16
+# is then 16-byte aligned (cuBLAS otherwise takes its slow align-1 kernels: about 20 ms of a
+# LibriSpeech step at conv2d6's lengths, 128 / 6 frames) and Triton sees strides divisible
+# by 16
+ALIGN = 16
 
 
 def bucket_frames(frames: int, scale: int = 1) -> Optional[int]:
-    """Input frames rounded up: multiples of 128 to 1024, of 256 to 2048, of 512 to
-    :data:`MAX_FRAMES`; None above. With ``scale``, ``frames`` and the result count the
-    frames of a layer that takes ``scale`` input frames per frame (a subsampling)."""
+    """Frames rounded up: to multiples of 128 input frames up to 1024, of 256 up to 2048,
+    of 512 up to :data:`MAX_FRAMES`; None above. With ``scale``, ``frames`` and the result
+    count the frames of a layer that takes ``scale`` input frames per frame (a
+    subsampling); the multiple in those frames is then the step over ``scale`` rounded to
+    a multiple of :data:`ALIGN` (conv2d6's 128 / 6 input frames: 16 frames): every bucket's
+    length is a multiple of ALIGN."""
     for step, limit in ((128, 1024), (256, 2048), (512, MAX_FRAMES)):
         if frames * scale <= limit:
-            rounded = -(-frames * scale // step) * step  # in input frames
-            return -(-rounded // scale)
+            multiple = ALIGN * max(1, round(step / scale / ALIGN))
+            return -(-frames // multiple) * multiple
     return None
 
 
