@@ -12,7 +12,7 @@
 #        librispeech_variants profile_librispeech profile_ops_librispeech
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
-#        checks_shared profile_ops_now librispeech_profile
+#        checks_shared profile_ops_now librispeech_profile librispeech_ab
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -156,6 +156,23 @@ for t in "$@"; do
             $RES/librispeech_profile/$n.step_profile.json; cp $d/step_profile.trace.json.gz \
             $OUT/$n.trace.json.gz; done
         tar czf $OUT/results.tgz -C $RES . ;;
+    librispeech_ab)  # asr_train, LibriSpeech: the Transformer and the default at HEAD,
+        # the default at the commits named by AB_OLD and AB_MID (trees from git archive)
+        lib_args="--recipe librispeech --utterances 8000 --pool 1500 --precision bf16"
+        task ab_new 300 python3 bench/stock_train.py --out /tmp/ab_new $lib_args \
+            --models transformer iml_imls_t6
+        for rev in ${AB_OLD:-} ${AB_MID:-}; do
+            rm -rf /tmp/tree_$rev && mkdir -p /tmp/tree_$rev
+            git archive $rev | tar -x -C /tmp/tree_$rev
+            task ab_$rev 200 python3 /tmp/tree_$rev/bench/stock_train.py --out /tmp/ab_$rev \
+                $lib_args --models iml_imls_t6
+        done
+        for d in /tmp/ab_*; do mkdir -p $RES/librispeech_ab/$(basename $d)
+            cp $d/stock_train.* $RES/librispeech_ab/$(basename $d)/
+            for r in $d/*_bf16; do grep -v "^ " $r/train.log | tail -60 \
+                > $RES/librispeech_ab/$(basename $d)/$(basename $r).log; done; done
+        tar czf $OUT/results.tgz -C $RES .
+        grep -h "^| [it]" $RES/librispeech_ab/*/stock_train.md ;;
     librispeech)  # the LibriSpeech configs (18 x 512, numel batches of 1000 s of audio)
         stock_bf16_librispeech librispeech 580 transformer iml_imls_t6 no_encoder_blocks ;;
     cold_ahead)  # through asr_train, each run a first run (its own empty Triton cache)
