@@ -131,7 +131,6 @@ def test_chunked_layer_with_the_kernels_equals_espnets_module(name, last_map, mo
         monkeypatch.setattr(input_kernels, function.__name__, counted(function))
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)  # a few chunks
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    monkeypatch.setattr(subsampling, "MAX_CHUNKS", 1 << 30)  # the budget decides
     torch.manual_seed(0)
     embed = CONV_SUBSAMPLING[name](40, 16, 0.0, PositionalEncoding(16, 0.0))
     xs = torch.randn(3, 61, 40)
@@ -183,7 +182,6 @@ def test_the_fused_backward_keeps_no_more_memory_alive_than_pytorchs(last_map, m
     monkeypatch.setenv("IMLSPIKE_RECOMPUTE_LAST_MAP", last_map)
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 400_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    monkeypatch.setattr(subsampling, "MAX_CHUNKS", 1 << 30)  # the budget decides
     monkeypatch.setattr(input_kernels, "_on_device", lambda x: True)  # the interpreter
     for kernel in ("_first_map_kernel", "_first_map_backward_kernel"):
         monkeypatch.setattr(input_kernels, kernel, _Collected(getattr(input_kernels, kernel)))
@@ -228,7 +226,6 @@ def test_a_kernel_that_fails_leaves_the_pytorch_operations(failing, monkeypatch,
     monkeypatch.setattr(input_kernels, failing, _FailingLaunch())
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    monkeypatch.setattr(subsampling, "MAX_CHUNKS", 1 << 30)  # the budget decides
     torch.manual_seed(0)
     embed = CONV_SUBSAMPLING["conv2d"](40, 16, 0.0, PositionalEncoding(16, 0.0))
     xs = torch.randn(3, 61, 40)

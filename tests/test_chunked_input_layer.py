@@ -45,10 +45,8 @@ def grads(out, inputs, weight):
 def test_chunked_input_layer_equals_espnets_module(name, budget, monkeypatch, last_map):
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", budget)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    monkeypatch.setattr(subsampling, "MAX_CHUNKS", 1 << 30)  # the budget decides
     embed = layer(name)
-    # 63 frames: with 20,000 values a map every layer's last chunk is shorter (padded)
-    xs = torch.randn(3, 63, FREQ, dtype=torch.float64, requires_grad=True)
+    xs = torch.randn(3, 61, FREQ, dtype=torch.float64, requires_grad=True)
     with fast_mode("1"):
         assert subsampling.applies(embed, xs)
         out = subsampling.subsample(embed, xs)
@@ -59,7 +57,7 @@ def test_chunked_input_layer_equals_espnets_module(name, budget, monkeypatch, la
     inputs = [xs, *embed.parameters()]
     for a, b in zip(grads(ref, inputs, weight), grads(out, inputs, weight)):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12 * a.abs().max().item())
-    chunks = geometry(embed).chunks(3, 63, FREQ)
+    chunks = geometry(embed).chunks(3, 61, FREQ)
     expected = {1: ref.size(1), 1 << 25: 1}.get(budget)
     if expected:
         assert len(chunks) == expected
@@ -91,56 +89,32 @@ def test_backward_recomputes_the_last_map_where_its_convolution_is_cheap(name, u
 
 def test_large_batches_get_chunks_of_at_least_eight_output_rows():
     """LibriSpeech's numel batches (conv2d6, 512 channels): 285 utterances of 300 frames
-    fit one output row per 2^25-value map; chunks of 8 rows instead, i.e. 7 chunks for
-    the 49 rows, filled evenly (7 rows: 23 rows of the first map), while AISHELL's batches
-    of 32 keep the budget's 8 chunks (52 rows each, 50 evenly)."""
+    fit one output row per 2^25-value map; chunks of 8 rows instead (26 rows of the first
+    map), while AISHELL's batches of 32 keep the budget's 52-row chunks."""
     from espnet_imlspike.fast.subsampling import _Geometry
 
     conv2d6 = _Geometry(((3, 3), (5, 5)), ((2, 2), (3, 3)), (512, 512))
     chunks = conv2d6.chunks(285, 300, 80)
-    assert [end - first for first, end, _, _ in chunks] == [7] * 7  # 49 rows, evenly
-    assert chunks[0][3] - chunks[0][2] == 2 * 23 + 1  # input rows of 23 first-map rows
+    assert [end - first for first, end, _, _ in chunks] == [8] * 6 + [1]
+    assert chunks[0][3] - chunks[0][2] == 2 * 26 + 1  # input rows of 26 first-map rows
     conv2d = _Geometry(((3, 3), (3, 3)), ((2, 2), (2, 2)), (256, 256))
-    assert {end - first for first, end, _, _ in conv2d.chunks(32, 1600, 80)[:-1]} == {50}
-
-
-def test_chunks_hold_at_least_an_eighth_of_the_whole_maps():
-    """LibriSpeech's 1000-second batches (conv2d6, 512 channels, 64 x 1536 frames): the
-    2^25-value budget alone made 32 chunks of 8 output rows; a budget of an eighth of the
-    whole first map (64 x 512 x 767 x 39 values) allows first maps of 95 rows, i.e.
-    (95 - 5) // 3 + 1 = 31 output rows: 9 chunks, evenly 29 rows (255 = 8 * 29 + 23).
-    AISHELL's (conv2d, 256, 32 x 1600): 8 chunks within 2^25 values (399 rows, 50 each)."""
-    from espnet_imlspike.fast.subsampling import _Geometry
-
-    conv2d6 = _Geometry(((3, 3), (5, 5)), ((2, 2), (3, 3)), (512, 512))
-    chunks = conv2d6.chunks(64, 1536, 80)
-    assert [end - first for first, end, _, _ in chunks] == [29] * 8 + [23]
-    first_map_rows = chunks[0][3] // 2  # the input rows read: 2 * rows + 1
-    assert (first_map_rows - 1) * 2 + 3 == chunks[0][3] - chunks[0][2]
-    assert 64 * 512 * first_map_rows * 39 <= -(-64 * 512 * 767 * 39 // 8)
-    conv2d = _Geometry(((3, 3), (3, 3)), ((2, 2), (2, 2)), (256, 256))
-    sizes = [end - first for first, end, _, _ in conv2d.chunks(32, 1600, 80)]
-    assert sizes == [50] * 7 + [49] and 32 * 256 * (50 * 2 + 1) * 39 <= 1 << 25
+    assert {end - first for first, end, _, _ in conv2d.chunks(32, 1600, 80)[:-1]} == {52}
 
 
 @pytest.mark.parametrize("name", ["conv2d", "conv2d6", "conv2d8"])
-def test_chunks_cover_every_output_row_once_and_read_the_rows_it_needs(name, monkeypatch):
+def test_chunks_cover_every_output_row_once_and_read_the_rows_it_needs(name):
     embed = layer(name)
     xs = torch.randn(2, 97, FREQ, dtype=torch.float64)
     with torch.no_grad():
         full = embed.conv(xs.unsqueeze(1))
-        whole = max(t.numel() for t in _maps(embed, xs))  # the maps of one chunk of all rows
-        for budget, least, most in ((1, 1, 1 << 30), (5_000, 1, 1 << 30), (40_000, 1, 1 << 30),
-                                    (1, 8, 1 << 30), (1, 1, 3)):
-            monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", budget)
-            monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", least)
-            monkeypatch.setattr(subsampling, "MAX_CHUNKS", most)
-            chunks = geometry(embed).chunks(2, 97, FREQ)
-            sizes = [end - first for first, end, _, _ in chunks]
-            # as few chunks as rows of ``least`` allow, evenly filled (the last padded least)
-            assert len(chunks) <= -(-full.size(2) // least)
-            assert len(set(sizes[:-1])) <= 1 and 0 < sizes[-1] <= sizes[0]
-            assert sizes[0] - sizes[-1] < len(chunks)
+        for budget, least in ((1, 1), (5_000, 1), (40_000, 1), (1, 8)):
+            saved = subsampling.ELEMENTS_PER_CHUNK, subsampling.MIN_ROWS_PER_CHUNK
+            subsampling.ELEMENTS_PER_CHUNK, subsampling.MIN_ROWS_PER_CHUNK = budget, least
+            try:
+                chunks = geometry(embed).chunks(2, 97, FREQ)
+            finally:
+                subsampling.ELEMENTS_PER_CHUNK, subsampling.MIN_ROWS_PER_CHUNK = saved
+            assert all(end - first >= least for first, end, _, _ in chunks[:-1])
             assert [c[0] for c in chunks] == [0] + [c[1] for c in chunks[:-1]]
             assert chunks[-1][1] == full.size(2)
             for first, end, in_first, in_end in chunks:
@@ -149,7 +123,7 @@ def test_chunks_cover_every_output_row_once_and_read_the_rows_it_needs(name, mon
                 assert part.size(2) == end - first and in_end <= xs.size(1)
                 torch.testing.assert_close(part, full[:, :, first:end], rtol=0, atol=1e-12)
                 largest = max(t.numel() for t in _maps(embed, xs[:, in_first:in_end]))
-                assert largest <= max(budget, -(-whole // most)) or end - first <= least
+                assert largest <= budget or end - first <= least
 
 
 def _maps(embed, rows):
@@ -224,7 +198,6 @@ def test_backward_holds_at_most_two_first_maps_of_a_chunk(monkeypatch, last_map)
     parameters' copies and gradients. Counted with the PyTorch operations (the CPU's path)."""
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 80_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    monkeypatch.setattr(subsampling, "MAX_CHUNKS", 1 << 30)  # the budget decides
     embed = layer("conv2d", torch.float32)
     batch, frames = 4, 601
     xs = torch.randn(batch, frames, FREQ)
@@ -258,7 +231,6 @@ def test_a_non_finite_gradient_where_the_last_relu_is_off_stays_out_as_in_autogr
     forward is finite (they multiply zeros), the gradient reaching those zeros is not."""
     monkeypatch.setattr(subsampling, "ELEMENTS_PER_CHUNK", 20_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
-    monkeypatch.setattr(subsampling, "MAX_CHUNKS", 1 << 30)  # the budget decides
     embed = layer("conv2d")
     freq2 = ((FREQ - 3) // 2 + 1 - 3) // 2 + 1
     linear, _ = subsampling._output_layers(embed)

@@ -8,9 +8,8 @@ caching allocator ends up holding a segment per size it met (the floor rows of
 bench/README.md: 2.99 GiB reserved for 1.05 GiB allocated).
 
 :func:`subsample` runs the same convolutions over chunks of output frames whose feature
-maps stay under :data:`ELEMENTS_PER_CHUNK` values each, or an eighth of the whole maps
-where that is larger (:data:`MAX_CHUNKS`; chunks of at least :data:`MIN_ROWS_PER_CHUNK`
-output frames), channels-last (cuDNN's layout in
+maps stay under :data:`ELEMENTS_PER_CHUNK` values each (chunks of at least
+:data:`MIN_ROWS_PER_CHUNK` output frames), channels-last (cuDNN's layout in
 half precision: no layout conversions), with the module's output Linear reading each
 chunk's last map where it lies (its weight's columns reordered to the map's layout once per
 call): ESPnet's flattening ``(B, T', C * F')`` and its gradient, each allocated whole at
@@ -60,12 +59,6 @@ ELEMENTS_PER_CHUNK = 1 << 25
 # batches) then ran 50 chunks of 1-2 rows, each recomputing the overlap of its first map
 # (5 rows of conv2d6's for 1 output row, 26 for 8) with its own launches and host work
 MIN_ROWS_PER_CHUNK = 8
-# ... or 1/MAX_CHUNKS of the whole maps where that is larger: LibriSpeech's 1000-second numel
-# batches made about 30 chunks of 2^25 values, whose launches and host work per chunk left
-# the GPU idle (bench/README.md); now 8-9 chunks there, each holding about an eighth of
-# the maps ESPnet's module holds (~250 MB a map). AISHELL's batches of 32 keep the 2^25
-# budget (8 chunks)
-MAX_CHUNKS = 8
 # the last map is recomputed in backward, not kept, when its convolution costs at most this
 # many multiply-adds per value (taps x input channels): ESPnet's conv2d at 256 units
 # (AISHELL's recipe: 2304) is recomputed, conv2d6 at 512 (LibriSpeech's: 12800) kept
@@ -99,22 +92,16 @@ class _Geometry:
         return rows[::-1]
 
     def chunks(self, batch: int, frames: int, freq: int) -> List[Tuple[int, int, int, int]]:
-        """(first, end) output rows and (first, end) input rows of each chunk: the fewest
-        chunks whose maps fit the budget (:data:`ELEMENTS_PER_CHUNK`, or the whole maps
-        over :data:`MAX_CHUNKS`, whichever is larger; at least :data:`MIN_ROWS_PER_CHUNK`
-        rows), the rows shared evenly (the last chunk, zero-padded to the others' shape,
-        pads the least)."""
+        """(first, end) output rows and (first, end) input rows of each chunk."""
         total = self.out_size(frames, 0)
-        budget = max(ELEMENTS_PER_CHUNK, -(-self._largest(batch, freq, total) // MAX_CHUNKS))
         low, high = 1, total  # the most output rows whose maps fit (at least one row)
         while low < high:
             middle = (low + high + 1) // 2
-            if self._largest(batch, freq, middle) <= budget:
+            if self._largest(batch, freq, middle) <= ELEMENTS_PER_CHUNK:
                 low = middle
             else:
                 high = middle - 1
         step = max(low, min(MIN_ROWS_PER_CHUNK, total))
-        step = -(-total // -(-total // step))  # as many chunks, evenly filled
         stride = 1
         for s in self.strides:
             stride *= s[0]
@@ -202,10 +189,9 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     global _announced
     if not _announced:
         _announced = True
-        logging.info("spiking encoder: input layer %s in time chunks of <= %d values per map "
-                     "(or 1/%d of the whole maps), recomputed in backward (the last map %s; "
-                     "IMLSPIKE_CHUNKED_INPUT=0: ESPnet's module)", type(embed).__name__,
-                     ELEMENTS_PER_CHUNK, MAX_CHUNKS,
+        logging.info("spiking encoder: input layer %s in time chunks of <= %d values per map,"
+                     " recomputed in backward (the last map %s; IMLSPIKE_CHUNKED_INPUT=0: "
+                     "ESPnet's module)", type(embed).__name__, ELEMENTS_PER_CHUNK,
                      "too" if geometry.recomputes_last() else "kept")
     out = ChunkedInputLayer.apply(xs, geometry, *params)
     for module in after:
