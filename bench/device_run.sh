@@ -13,6 +13,7 @@
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
+#        checks_librispeech
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -156,15 +157,19 @@ for t in "$@"; do
             $RES/librispeech_profile/$n.step_profile.json; cp $d/step_profile.trace.json.gz \
             $OUT/$n.trace.json.gz; done
         tar czf $OUT/results.tgz -C $RES . ;;
-    librispeech_ab)  # asr_train, LibriSpeech: the Transformer and the default at HEAD,
-        # the default at the commits named by AB_OLD and AB_MID (trees from git archive)
+    checks_librispeech)  # graphs vs eager and the chunked input layer vs ESPnet's module,
+        # at LibriSpeech's size (conv2d6, 18 x 512: its buckets and chunks)
+        task checks_librispeech 200 python3 bench/fast_checks.py --size librispeech \
+            --out $RES/checks_librispeech --parts graphs input ;;
+    librispeech_ab)  # asr_train, LibriSpeech: the Transformer and the default of this
+        # tree, then the default of each tree under bench/_ab/ (earlier commits extracted
+        # there with git archive before the call, ignored by git: carry it with .whl; the
+        # device's copy of .git lacks the session's commits)
         lib_args="--recipe librispeech --utterances 8000 --pool 1500 --precision bf16"
         task ab_new 300 python3 bench/stock_train.py --out /tmp/ab_new $lib_args \
             --models transformer iml_imls_t6
-        for rev in ${AB_OLD:-} ${AB_MID:-}; do
-            rm -rf /tmp/tree_$rev && mkdir -p /tmp/tree_$rev
-            git archive $rev | tar -x -C /tmp/tree_$rev
-            task ab_$rev 200 python3 /tmp/tree_$rev/bench/stock_train.py --out /tmp/ab_$rev \
+        for tree in bench/_ab/*/; do rev=$(basename $tree)
+            task ab_$rev 200 python3 $tree/bench/stock_train.py --out /tmp/ab_$rev \
                 $lib_args --models iml_imls_t6
         done
         for d in /tmp/ab_*; do mkdir -p $RES/librispeech_ab/$(basename $d)

@@ -4,9 +4,8 @@ of a real ``asr_train`` run (installed by ``bench/espnet_device.py`` when
 default ``180:5``, profiles the ``count`` iterations after iteration ``first``).
 
 Writes ``path.json``: the steps' wall time, the GPU's busy time (the union of kernel and
-copy intervals) and idle time, the longest idle gaps with the host operator that was
-running when each began, the idle time by that operator (the 2000 longest gaps), and the
-kernels by GPU time (all totals over the profiled steps); and ``path.trace.json.gz``, the
+copy intervals) and idle time, the idle time by the host operator the GPU waited for, and
+the kernels by GPU time (all totals over the profiled steps); and ``path.trace.json.gz``, the
 profiler's trace. The profiled steps are slower than the others (the profiler's own cost):
 put them outside the window a measurement reads.
 
@@ -89,41 +88,41 @@ def _union(intervals):
 
 
 def summarize(trace_path: str, top: int = 40) -> dict:
-    """The summary of a profiler trace (times in ms; the window is the first GPU event's
-    start to the last one's end)."""
+    """The summary of a profiler trace (times in ms over the profiled steps; the window is
+    the first GPU event's start to the last one's end). An idle gap is charged to the
+    top-level host operator running when it ended (the launch the GPU waited for), or to
+    Python between operators."""
     with gzip.open(trace_path, "rt") if trace_path.endswith(".gz") else open(trace_path) as f:
         events = json.load(f)["traceEvents"]
     gpu = [e for e in events if e.get("ph") == "X" and e.get("cat") in
            ("kernel", "gpu_memcpy", "gpu_memset")]
-    host = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
-                  if e.get("ph") == "X" and e.get("cat") == "cpu_op")
     if not gpu:
         return {"gpu_events": 0}
+    host, end = [], None  # top-level host operators (not inside another)
+    for e in sorted((e for e in events if e.get("ph") == "X" and e.get("cat") == "cpu_op"),
+                    key=lambda e: e["ts"]):
+        if end is None or e["ts"] >= end:
+            host.append((e["ts"], e["ts"] + e["dur"], e["name"]))
+            end = e["ts"] + e["dur"]
+    starts = [h[0] for h in host]
     busy, gaps = _union([(e["ts"], e["ts"] + e["dur"]) for e in gpu])
     window = max(e["ts"] + e["dur"] for e in gpu) - min(e["ts"] for e in gpu)
-    starts = [h[0] for h in host]
 
-    def host_at(moment):  # the innermost host operator running at ``moment``
-        index = bisect.bisect_right(starts, moment)
-        running = [h for h in host[max(0, index - 5000):index] if h[1] >= moment]
-        return min(running, key=lambda h: h[1] - h[0])[2] if running else "-"
+    def host_at(moment):
+        index = bisect.bisect_right(starts, moment) - 1
+        return host[index][2] if index >= 0 and host[index][1] >= moment else "(Python)"
 
-    kernels = {}
+    by_op, kernels = {}, {}
+    for a, b in gaps:
+        by_op[host_at(b)] = by_op.get(host_at(b), 0.0) + (b - a) / 1e3
     for e in gpu:
         kernels.setdefault(e["name"][:90], [0.0, 0])
         kernels[e["name"][:90]][0] += e["dur"]
         kernels[e["name"][:90]][1] += 1
-    longest = sorted(gaps, key=lambda g: g[0] - g[1])
-    by_op = {}
-    for a, b in longest[:2000]:
-        op = host_at(a)
-        by_op[op] = by_op.get(op, 0.0) + (b - a) / 1e3
     return {
         "gpu_window_ms": window / 1e3, "gpu_busy_ms": busy / 1e3,
         "gpu_idle_ms": (window - busy) / 1e3,
         "kernel_sum_ms": sum(e["dur"] for e in gpu) / 1e3,
-        "longest_idle_gaps": [{"ms": (b - a) / 1e3, "host_op": host_at(a)}
-                              for a, b in longest[:top]],
         "idle_ms_by_host_op": sorted(([round(v, 3), k] for k, v in by_op.items()),
                                      reverse=True)[:top],
         "kernels_ms": sorted(([round(v[0] / 1e3, 3), v[1], k] for k, v in kernels.items()),
