@@ -99,7 +99,7 @@ class EncoderGraphs:
         """``core(xs, ilens)`` (B, T, ...) for ``xs`` (B, T, ...), through a graph where
         possible; None when the caller should run its own eager path (hooks, or graphs
         turned off). ``xs`` has ``frame_scale`` input frames per frame (a subsampling
-        input layer's output): its bucket is :func:`bucket_frames` of ``T * frame_scale``.
+        input layer's output): its bucket is :func:`bucket_frames` ``(T, frame_scale)``.
 
         Every call runs on one side stream of the encoder, eager or graphed, so the
         autograd nodes of the parameters never hold another stream (a capture whose
