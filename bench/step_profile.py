@@ -41,10 +41,6 @@ def install(path: str) -> None:
     def backward_and_count(*args, **kwargs):
         result = backward(*args, **kwargs)
         state["step"] += 1
-        on_step()
-        return result
-
-    def on_step():
         if state["step"] == first:
             synchronize()
             state["profiler"] = profile(activities=activities)
@@ -52,6 +48,7 @@ def install(path: str) -> None:
             state["start"] = time.perf_counter()
         elif state["step"] == first + count and "profiler" in state:
             finish(state["step"] - first)
+        return result
 
     def finish(steps):
         synchronize()
@@ -114,7 +111,8 @@ def summarize(trace_path: str, top: int = 40) -> dict:
 
     by_op, kernels = {}, {}
     for a, b in gaps:
-        by_op[host_at(b)] = by_op.get(host_at(b), 0.0) + (b - a) / 1e3
+        op = host_at(b)
+        by_op[op] = by_op.get(op, 0.0) + (b - a) / 1e3
     for e in gpu:
         kernels.setdefault(e["name"][:90], [0.0, 0])
         kernels[e["name"][:90]][0] += e["dur"]
