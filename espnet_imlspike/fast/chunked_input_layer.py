@@ -75,6 +75,37 @@ def _as_map(rows: torch.Tensor, channels: int) -> torch.Tensor:
     return rows.unflatten(2, (-1, channels)).permute(0, 3, 1, 2)
 
 
+def chunked_forward(xs: torch.Tensor, geometry, params, autocast: Optional[torch.dtype],
+                    budget: Optional[int] = None):
+    """The layer's output (B, T', odim) from features ``xs`` (B, T, F) computed chunk by
+    chunk (maps of at most ``budget`` values: :meth:`.subsampling._Geometry.chunks`) with
+    ``autocast``'s dtype (None: the parameters' own); also the Linear's rows
+    (B, T', F' * C) where backward keeps them (else None), the chunks and their input
+    rows (:class:`ChunkedInputLayer` runs backward over the same ones)."""
+    batch, frames, freq = xs.shape
+    *weights, linear_weight, linear_bias = _weights(params, autocast)
+    linear_weight = _frequency_major(linear_weight, geometry.channels[-1])
+    chunks = geometry.chunks(batch, frames, freq, budget)
+    step = chunks[0][1] - chunks[0][0]
+    in_rows, total = geometry.rows(step)[0], geometry.out_size(frames, 0)
+    recompute, out, kept = geometry.recomputes_last(), None, None
+    for first, end, in_first, in_end in chunks:
+        rows = _padded(xs[:, None, in_first:in_end], 2, in_rows)
+        last = _rows(_maps(geometry.strides, weights, rows, autocast)[-1])
+        if recompute:  # the Linear per chunk
+            y = torch.nn.functional.linear(last, linear_weight, linear_bias)
+            if out is None:
+                out = y.new_empty(batch, total, y.size(2))
+            out[:, first:end] = y[:, :end - first]
+        else:  # the rows kept, the Linear once over them (fewer launches per chunk)
+            if kept is None:
+                kept = last.new_empty(batch, total, last.size(2))
+            kept[:, first:end] = last[:, :end - first]
+    if not recompute:
+        out = torch.nn.functional.linear(kept, linear_weight, linear_bias)
+    return out, kept, chunks, in_rows
+
+
 class ChunkedInputLayer(torch.autograd.Function):
     """(B, T, F) features -> (B, T', odim): the convolutions and ESPnet's output Linear
     (before the positional encoding), chunk by chunk.
@@ -96,29 +127,9 @@ class ChunkedInputLayer(torch.autograd.Function):
         ctx.autocast = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                         else None)
         ctx.geometry = geometry
-        batch, frames, freq = xs.shape
-        *weights, linear_weight, linear_bias = _weights(params, ctx.autocast)
-        linear_weight = _frequency_major(linear_weight, geometry.channels[-1])
-        chunks = geometry.chunks(batch, frames, freq)
-        step = chunks[0][1] - chunks[0][0]
-        in_rows, total = geometry.rows(step)[0], geometry.out_size(frames, 0)
-        recompute, out, kept = geometry.recomputes_last(), None, None
-        for first, end, in_first, in_end in chunks:
-            rows = _padded(xs[:, None, in_first:in_end], 2, in_rows)
-            last = _rows(_maps(geometry.strides, weights, rows, ctx.autocast)[-1])
-            if recompute:  # the Linear per chunk
-                y = torch.nn.functional.linear(last, linear_weight, linear_bias)
-                if out is None:
-                    out = y.new_empty(batch, total, y.size(2))
-                out[:, first:end] = y[:, :end - first]
-            else:  # the rows kept, the Linear once over them (fewer launches per chunk)
-                if kept is None:
-                    kept = last.new_empty(batch, total, last.size(2))
-                kept[:, first:end] = last[:, :end - first]
-        if not recompute:
-            out = torch.nn.functional.linear(kept, linear_weight, linear_bias)
-        ctx.chunks, ctx.in_rows = chunks, in_rows  # backward runs the same chunks
-        ctx.save_for_backward(xs, kept, *params)
+        out, kept, ctx.chunks, ctx.in_rows = chunked_forward(xs, geometry, params,
+                                                             ctx.autocast)
+        ctx.save_for_backward(xs, kept, *params)  # backward runs the same chunks
         return out
 
     @staticmethod

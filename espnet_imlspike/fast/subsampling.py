@@ -51,7 +51,7 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
 
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import MODES, enabled, has_hooks
-from espnet_imlspike.fast.chunked_input_layer import ChunkedInputLayer
+from espnet_imlspike.fast.chunked_input_layer import ChunkedInputLayer, chunked_forward
 
 # values of the largest feature map one chunk computes (64 MiB in bf16) ...
 ELEMENTS_PER_CHUNK = 1 << 25
@@ -59,6 +59,9 @@ ELEMENTS_PER_CHUNK = 1 << 25
 # batches) then ran 50 chunks of 1-2 rows, each recomputing the overlap of its first map
 # (5 rows of conv2d6's for 1 output row, 26 for 8) with its own launches and host work
 MIN_ROWS_PER_CHUNK = 8
+# compiled inference (:func:`conv_subsampling`) keeps nothing for backward: its chunks only
+# bound the maps alive at once (512 MiB in bf16), and fewer chunks launch fewer kernels
+INFERENCE_ELEMENTS_PER_CHUNK = 1 << 28
 # the last map is recomputed in backward, not kept, when its convolution costs at most this
 # many multiply-adds per value (taps x input channels): ESPnet's conv2d at 256 units
 # (AISHELL's recipe: 2304) is recomputed, conv2d6 at 512 (LibriSpeech's: 12800) kept
@@ -91,13 +94,16 @@ class _Geometry:
             rows.append((rows[-1] - 1) * stride[0] + kernel[0])
         return rows[::-1]
 
-    def chunks(self, batch: int, frames: int, freq: int) -> List[Tuple[int, int, int, int]]:
-        """(first, end) output rows and (first, end) input rows of each chunk."""
+    def chunks(self, batch: int, frames: int, freq: int, budget: Optional[int] = None
+               ) -> List[Tuple[int, int, int, int]]:
+        """(first, end) output rows and (first, end) input rows of each chunk, whose maps
+        have at most ``budget`` values (default :data:`ELEMENTS_PER_CHUNK`)."""
+        budget = ELEMENTS_PER_CHUNK if budget is None else budget
         total = self.out_size(frames, 0)
         low, high = 1, total  # the most output rows whose maps fit (at least one row)
         while low < high:
             middle = (low + high + 1) // 2
-            if self._largest(batch, freq, middle) <= ELEMENTS_PER_CHUNK:
+            if self._largest(batch, freq, middle) <= budget:
                 low = middle
             else:
                 high = middle - 1
@@ -166,11 +172,15 @@ def _output_layers(embed: torch.nn.Module) -> Tuple[torch.nn.Module, List[torch.
 
 def applies(embed: Optional[torch.nn.Module], xs: torch.Tensor) -> bool:
     """Whether :func:`subsample` replaces ``embed(xs, None)``: fast paths on for ``xs``,
-    ``IMLSPIKE_CHUNKED_INPUT`` not ``0``, not compiling or tracing, no hooks on the layer
-    (the energy report counts its operations), the stock conv-subsampling form."""
+    ``IMLSPIKE_CHUNKED_INPUT`` not ``0``, not tracing, not compiling a graph that needs
+    gradients (``torch.compile`` in inference runs the layer as one opaque operator), no
+    hooks on the layer (the energy report counts its operations), the stock
+    conv-subsampling form."""
     if embed is None or not enabled(xs) or os.environ.get("IMLSPIKE_CHUNKED_INPUT") == "0":
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or has_hooks(embed):
+    if torch.compiler.is_compiling() and torch.is_grad_enabled():
+        return False
+    if torch.jit.is_tracing() or has_hooks(embed):
         return False
     return _convolutions(embed) is not None
 
@@ -178,14 +188,29 @@ def applies(embed: Optional[torch.nn.Module], xs: torch.Tensor) -> bool:
 def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     """``embed(xs, None)[0]`` for features ``xs`` (B, T, F) (see :func:`applies`)."""
     convs = _convolutions(embed)
-    geometry = _Geometry(
-        tuple(c.kernel_size for c in convs), tuple(c.stride for c in convs),
-        tuple(c.out_channels for c in convs))
+    kernels, strides = [c.kernel_size for c in convs], [c.stride for c in convs]
+    channels = [c.out_channels for c in convs]
     linear, after = _output_layers(embed)
     params = []
     for conv in convs:
         params += [conv.weight, conv.bias]
     params += [linear.weight, linear.bias]
+    if torch.compiler.is_compiling():  # inference (applies): the chunks as one operator
+        device = xs.device.type
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else None)
+        out = conv_subsampling(xs, params, [k for pair in kernels for k in pair],
+                               [s for pair in strides for s in pair], channels, dtype)
+    else:
+        geometry = _Geometry(tuple(kernels), tuple(strides), tuple(channels))
+        _announce(embed, geometry)
+        out = ChunkedInputLayer.apply(xs, geometry, *params)
+    for module in after:
+        out = module(out)
+    return out
+
+
+def _announce(embed: torch.nn.Module, geometry: _Geometry) -> None:
     global _announced
     if not _announced:
         _announced = True
@@ -193,7 +218,30 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
                      " recomputed in backward (the last map %s; IMLSPIKE_CHUNKED_INPUT=0: "
                      "ESPnet's module)", type(embed).__name__, ELEMENTS_PER_CHUNK,
                      "too" if geometry.recomputes_last() else "kept")
-    out = ChunkedInputLayer.apply(xs, geometry, *params)
-    for module in after:
-        out = module(out)
-    return out
+
+
+def _paired_geometry(kernels: List[int], strides: List[int], channels: List[int]
+                     ) -> _Geometry:
+    """A :class:`_Geometry` from flat (time, frequency) pairs, as the operator takes them."""
+    return _Geometry(tuple(zip(kernels[0::2], kernels[1::2])),
+                     tuple(zip(strides[0::2], strides[1::2])), tuple(channels))
+
+
+@torch.library.custom_op("imlspike::conv_subsampling", mutates_args=())
+def conv_subsampling(xs: torch.Tensor, params: List[torch.Tensor], kernels: List[int],
+                     strides: List[int], channels: List[int],
+                     dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """The chunked layer's forward as one operator, for ``torch.compile`` in inference:
+    the compiler then runs ESPnet's subsampling as this package computes it (its Triton
+    first convolution, channels-last chunks) instead of tracing the module's convolutions.
+    ``dtype``: the autocast dtype where the call was traced (None: off); no gradient."""
+    with torch.autocast(xs.device.type, enabled=False):  # the dtype is explicit
+        return chunked_forward(xs, _paired_geometry(kernels, strides, channels), params,
+                               dtype, INFERENCE_ELEMENTS_PER_CHUNK)[0]
+
+
+@conv_subsampling.register_fake
+def _conv_subsampling_shape(xs, params, kernels, strides, channels, dtype):
+    frames = _paired_geometry(kernels, strides, channels).out_size(xs.size(1), 0)
+    return xs.new_empty(xs.size(0), frames, params[-1].size(0),
+                        dtype=dtype or params[-1].dtype)
