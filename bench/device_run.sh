@@ -13,7 +13,7 @@
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
-#        checks_librispeech
+#        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -157,6 +157,33 @@ for t in "$@"; do
             $RES/librispeech_profile/$n.step_profile.json; cp $d/step_profile.trace.json.gz \
             $OUT/$n.trace.json.gz; done
         tar czf $OUT/results.tgz -C $RES . ;;
+    compiled_infer)  # target 3: torch.compile in inference, the input layer as one
+        # operator (default) beside ESPnet's module traced by the compiler (@nochunk)
+        task compiled_infer 360 python3 bench/inference_speed.py --out $RES/compiled_infer \
+            --models transformer no_encoder_blocks iml_imls_t6 \
+            --compile transformer no_encoder_blocks iml_imls_t6@nochunk iml_imls_t6
+        task profile_compiled 220 python3 bench/profile_step.py --out $RES/profile_compiled \
+            --eval --compile --frames 1200 --top 30 --models transformer iml_imls_t6@nochunk \
+            iml_imls_t6
+        grep -h "^##" $RES/profile_compiled/*.txt ;;
+    compiled_infer_librispeech)  # the same at LibriSpeech's size (conv2d6, 18 x 512)
+        task compiled_infer_librispeech 360 python3 bench/inference_speed.py \
+            --out $RES/compiled_infer_librispeech --size librispeech --batch 64 \
+            --frames 1536 --models transformer iml_imls_t6 \
+            --compile transformer iml_imls_t6@nochunk iml_imls_t6 ;;
+    compiled_ab)  # compiled inference, each IML variant beside the Transformer in its own
+        # process (timed in turn), at AISHELL's and LibriSpeech's sizes, and the GPU kernels
+        for variant in iml_imls_t6@nochunk iml_imls_t6; do
+            task compiled_ab_$variant 200 python3 bench/compiled_inference_ab.py \
+                --out $RES/compiled_ab_$variant transformer $variant
+            task compiled_ab_librispeech_$variant 250 python3 bench/compiled_inference_ab.py \
+                --out $RES/compiled_ab_librispeech_$variant --size librispeech --batch 64 \
+                --frames 1536 transformer $variant
+        done
+        task profile_compiled_librispeech 300 python3 bench/profile_step.py \
+            --out $RES/profile_compiled_librispeech --eval --compile --size librispeech \
+            --batch 64 --frames 1536 --top 30 --models iml_imls_t6@nochunk iml_imls_t6
+        grep -h "^##" $RES/profile_compiled_librispeech/*.txt ;;
     checks_librispeech)  # graphs vs eager and the chunked input layer vs ESPnet's module,
         # at LibriSpeech's size (conv2d6, 18 x 512: its buckets and chunks)
         task checks_librispeech 200 python3 bench/fast_checks.py --size librispeech \
