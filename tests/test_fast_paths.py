@@ -534,35 +534,3 @@ def test_layer_norm_keeping_the_half_precision_input_equals_autocasts(dtype):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(layer_norm(norm, x.to(torch.bfloat16)),
                            norm(x.to(torch.bfloat16)))
-
-
-@pytest.mark.parametrize("options", [dict(), dict(firing="multistep", timesteps=3),
-                                     dict(attention="sdsa3", firing="multistep", timesteps=2)],
-                         ids=["imls", "multistep", "sdsa"])
-def test_eager_blocks_on_the_gpu_path_run_lengths_padded_to_sixteen_frames(options,
-                                                                          monkeypatch):
-    """On CUDA the fast path pads the eager blocks' length to a multiple of 16 frames
-    (fast.buckets.ALIGN, as the graphs' buckets are); forced here on the CPU: the blocks see
-    32 frames for 18, the output keeps 18 (contiguous) and equals the unpadded run's on
-    valid frames, intermediate CTC outputs included."""
-    torch.manual_seed(4)
-    encoder = IMLSpikeformerEncoder(20, **SMALL, interctc_layer_idx=[2], **options).double()
-    encoder.eval()
-    xs, lengths = torch.randn(3, 75, 20, dtype=torch.float64), torch.tensor([75, 60, 21])
-    seen = []
-    encoder.encoders[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
-    with fast_mode("1"):
-        assert not encoder._aligns(xs)  # on the CUDA fast path only
-    with torch.no_grad():
-        (ref, ref_inter), olens, _ = encoder(xs, lengths)
-        monkeypatch.setattr(IMLSpikeformerEncoder, "_aligns", staticmethod(lambda x: True))
-        (out, inter), olens2, _ = encoder(xs, lengths)
-    steps = options.get("timesteps", 1) if options.get("firing") == "multistep" else 1
-    assert [shape[:2] for shape in seen] == [(3 * steps, 18), (3 * steps, 32)]
-    assert out.shape == ref.shape == (3, 18, 32) and out.is_contiguous()
-    assert torch.equal(olens, olens2)
-    valid = lengths_mask(olens.tolist(), 18)
-    torch.testing.assert_close(out[valid], ref[valid], rtol=1e-9, atol=1e-9)
-    assert inter[0][1].shape == ref_inter[0][1].shape
-    torch.testing.assert_close(inter[0][1][valid], ref_inter[0][1][valid], rtol=1e-9,
-                               atol=1e-9)

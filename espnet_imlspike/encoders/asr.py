@@ -27,7 +27,6 @@ from espnet_imlspike.encoders.common import (
     conv_subsample,
     make_input_layer,
     minimum_input_frames,
-    pad_frames,
     subsampled_lengths,
     training_factories,
     valid_frames,
@@ -36,8 +35,7 @@ from espnet_imlspike.encoders.options import SpikingOptions
 from espnet_imlspike.encoders.state_forms import guard_state_dict_form
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import block as fast_block
-from espnet_imlspike.fast import enabled, graphs_enabled
-from espnet_imlspike.fast.buckets import ALIGN
+from espnet_imlspike.fast import graphs_enabled
 from espnet_imlspike.fast.graphs import EncoderGraphs
 from espnet_imlspike.fast.ranks import graphs_allowed_in_process_group, in_process_group
 
@@ -148,9 +146,6 @@ class SpikingTransformerEncoder(AbsEncoder):
                                    SUBSAMPLING.get(self.input_layer, 1))
             if out is not None:
                 return out, olens, None
-        frames = xs.size(1)
-        if self._aligns(xs):  # as the graphs' buckets: aligned rows for the GPU's products
-            xs, valid = pad_frames(xs, olens, ALIGN)
         time = TimeFolding(self.options, xs.size(0))
         xs, valid = time.fold(xs, valid)
         intermediate: List[Tuple[int, torch.Tensor]] = []
@@ -158,24 +153,16 @@ class SpikingTransformerEncoder(AbsEncoder):
             xs = block(xs, valid)
             if index in self.interctc_layer_idx:
                 out = self._normalise(time.unfold(xs))
-                intermediate.append((index, _trimmed(out, frames)))
+                intermediate.append((index, out))
                 if self.interctc_use_conditioning:
                     xs = time.add(xs, self.conditioning_layer(ctc.softmax(out)))
-        xs = _trimmed(self._normalise(time.unfold(xs)), frames)
+        xs = self._normalise(time.unfold(xs))
         if intermediate:
             return (xs, intermediate), olens, None
         return xs, olens, None
 
     def _normalise(self, xs: torch.Tensor) -> torch.Tensor:
         return self.after_norm(xs) if self.normalize_before else xs
-
-    @staticmethod
-    def _aligns(xs: torch.Tensor) -> bool:
-        """Whether the eager blocks run a length padded to a multiple of ALIGN frames: on
-        the fast path on CUDA (bf16 rows of other lengths, such as conv2d6's, sent the
-        attention's products to cuBLAS's slow unaligned kernels; the reference path and
-        the CPU run the exact length)."""
-        return xs.is_cuda and enabled(xs) and not torch.compiler.is_compiling()
 
     def _graphable(self, xs_pad: torch.Tensor, ilens: Optional[torch.Tensor]) -> bool:
         """The encoder may run as CUDA graphs: fast paths on, CUDA, every block on the
@@ -200,12 +187,6 @@ class SpikingTransformerEncoder(AbsEncoder):
         for block in self.encoders:
             xs = block(xs, valid)
         return self._normalise(xs)
-
-
-def _trimmed(xs: torch.Tensor, frames: int) -> torch.Tensor:
-    """``xs`` (B, L, D) without the frames padded beyond ``frames`` (contiguous, as
-    ESPnet's encoders return their output)."""
-    return xs if xs.size(1) == frames else xs[:, :frames].contiguous()
 
 
 class IMLSpikeformerEncoder(SpikingTransformerEncoder):

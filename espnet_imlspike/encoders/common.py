@@ -112,16 +112,6 @@ def valid_frames(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return positions[None, :] < lengths[:, None]
 
 
-def pad_frames(xs: torch.Tensor, lengths: torch.Tensor, multiple: int
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``xs`` (B, L, D) zero-padded to a multiple of ``multiple`` frames, and its valid
-    mask (padding never changes the valid outputs of the blocks)."""
-    frames = -(-xs.size(1) // multiple) * multiple
-    if frames != xs.size(1):
-        xs = torch.nn.functional.pad(xs, (0, 0, 0, frames - xs.size(1)))
-    return xs, valid_frames(lengths, frames)
-
-
 def check_batch(
     xs_pad: torch.Tensor,
     ilens: Optional[torch.Tensor],
