@@ -13,7 +13,7 @@
 #        profile_short_librispeech softmax_checks aishell_round input_kernels
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
-#        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab
+#        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab align_ab
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -188,6 +188,17 @@ for t in "$@"; do
         # at LibriSpeech's size (conv2d6, 18 x 512: its buckets and chunks)
         task checks_librispeech 200 python3 bench/fast_checks.py --size librispeech \
             --out $RES/checks_librispeech --parts graphs input ;;
+    align_ab)  # the eager blocks (no graphs; the baselines always) at an unaligned length
+        # of LibriSpeech's conv2d6 (1530 frames: 254), this tree and each of bench/_ab/
+        for round in 1 2; do
+            for tree in . bench/_ab/*/; do rev=$(basename $tree); [ $tree = . ] && rev=new
+                task align_ab_${rev}_$round 200 python3 $tree/bench/profile_step.py \
+                    --out $RES/align_ab/${rev}_$round --size librispeech --batch 16 \
+                    --frames 1530 --top 15 --models iml_imls_t6@nographs iml_multistep_t6 \
+                    spike_driven_transformer_t6
+            done
+        done
+        grep -H "^##" $RES/align_ab/*/*.txt ;;
     librispeech_ab)  # asr_train, LibriSpeech: the Transformer and the default of this
         # tree, then the default of each tree under bench/_ab/ (earlier commits extracted
         # there with git archive before the call, ignored by git: carry it with .whl; the
