@@ -19,7 +19,8 @@ Each fast path computes what the reference modules compute (``neurons.py``,
   chunks, keeping only the features for backward (``IMLSPIKE_CHUNKED_INPUT=0`` turns it
   off); equal to ESPnet's module to rounding, not bit for bit (cuDNN's algorithms differ
   per shape), the one fast path that is not. Its first convolution, bias and ReLU are
-  one Triton kernel on CUDA, with one for their backward (:mod:`.input_kernels`).
+  one Triton kernel on CUDA, with one for their backward (:mod:`.input_kernels`). Under
+  ``torch.compile`` in inference it is one opaque operator the compiled graph calls.
 * :mod:`.graphs`: on CUDA, the encoder's blocks (forward and backward) replayed as CUDA
   graphs after the eager input layer, one per bucket of (batch, length) shapes (lengths
   rounded up, padding invariance makes the valid outputs unchanged): no kernel launch

@@ -31,7 +31,9 @@ are the same, but cuDNN picks its algorithms per shape (and the kernels and the 
 Linear sum in their own order), so outputs equal the module's to rounding, not bit for bit
 (the one fast path that is not; the GPU check gives the differences, and the spiking
 blocks amplify any rounding difference: bench/README.md), and weight gradients are summed
-over chunks.
+over chunks. Under ``torch.compile`` in inference (no gradient) the layer is one opaque
+operator, :func:`conv_subsampling`, which the compiled graph calls instead of tracing the
+module's convolutions; a compiled graph that needs gradients traces the module.
 """
 
 import dataclasses
@@ -211,6 +213,7 @@ def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
 
 
 def _announce(embed: torch.nn.Module, geometry: _Geometry) -> None:
+    """Log the chunked layer's first use (as the CUDA graphs log their captures)."""
     global _announced
     if not _announced:
         _announced = True
