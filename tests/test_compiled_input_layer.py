@@ -79,6 +79,19 @@ def test_compiled_inference_calls_the_chunked_layer_as_one_operator(name, autoca
                                atol=tolerance * stock.abs().max().item())
 
 
+def test_one_dynamic_graph_serves_every_length():
+    """The operator's shape function takes symbolic lengths: ``dynamic=True`` traces once."""
+    embed = layer("conv2d6")
+    recorder = Recorder()
+    compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=recorder,
+                             dynamic=True, fullgraph=True)
+    with fast_mode("1"), torch.no_grad():
+        for frames in (101, 77, 150):
+            xs = torch.randn(3, frames, FREQ)
+            assert torch.equal(compiled(xs), subsampling.subsample(embed, xs))
+    assert len(recorder.graphs) == 1
+
+
 def test_a_compiled_graph_that_needs_gradients_traces_espnets_module():
     embed, xs = layer("conv2d"), torch.randn(2, 61, FREQ)
     embed.train()
