@@ -14,6 +14,7 @@
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
 #        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab align_ab
+#        checks_compiled
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -184,6 +185,9 @@ for t in "$@"; do
             --out $RES/profile_compiled_librispeech --eval --compile --size librispeech \
             --batch 64 --frames 1536 --top 30 --models iml_imls_t6@nochunk iml_imls_t6
         grep -h "^##" $RES/profile_compiled_librispeech/*.txt ;;
+    checks_compiled)  # the compiled input-layer operator vs the eager chunked layer
+        task checks_compiled 200 python3 bench/fast_checks.py --parts compiled_input \
+            --out $RES/checks_compiled ;;
     checks_librispeech)  # graphs vs eager and the chunked input layer vs ESPnet's module,
         # at LibriSpeech's size (conv2d6, 18 x 512: its buckets and chunks)
         task checks_librispeech 200 python3 bench/fast_checks.py --size librispeech \

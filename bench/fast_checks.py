@@ -17,7 +17,9 @@
   against the PyTorch operations they replace and against float64;
 * the softmax weights kernel (:mod:`~espnet_imlspike.fast.attention_kernels`) and its
   backward kernel vs the PyTorch operations they replace, bit for bit, 1 to 1024 keys,
-  fp32 and bf16 autocast; the chunked attention's backward with and without it.
+  fp32 and bf16 autocast; the chunked attention's backward with and without it;
+* ``torch.compile`` of the input layer in inference (one operator) vs the eager chunked layer
+  (part ``compiled_input``, also on the CPU).
 
     python bench/fast_checks.py --out bench/out
 """
@@ -408,7 +410,60 @@ def chunked_encoder(device, dtype, size):
     return compare(a, b, a[2])
 
 
-PARTS = ["fused", "graphs", "input", "input_kernels", "long", "softmax"]
+def compiled_input(device, size, frames=1200, batch_size=32):
+    """``torch.compile`` in inference (the default compiler) of the input layer, which calls
+    the chunked layer as one operator, vs the eager chunked layer, bf16 autocast and fp32:
+    the operator's own output (larger chunks: cuDNN may round other shapes otherwise) and
+    the whole layer's (the positional encoding after it compiled)."""
+    from espnet_imlspike.encoders.common import conv_subsample
+    from espnet_imlspike.fast import chunked_input_layer, subsampling
+
+    torch.manual_seed(0)
+    embed = IMLSpikeformerEncoder(80, **SIZES[size]).embed.to(device).eval()
+    xs = torch.randn(batch_size, frames, 80, generator=torch.Generator().manual_seed(1))
+    xs = xs.to(device)
+    convs = subsampling._convolutions(embed)
+    geometry = subsampling._Geometry(tuple(c.kernel_size for c in convs),
+                                     tuple(c.stride for c in convs),
+                                     tuple(c.out_channels for c in convs))
+    linear, _ = subsampling._output_layers(embed)
+    params = [p for c in convs for p in (c.weight, c.bias)] + [linear.weight, linear.bias]
+    results = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda x: conv_subsample(embed, x))
+        autocast = dtype != torch.float32
+        with torch.no_grad(), fast_mode("1"), torch.autocast(device.type, dtype=dtype,
+                                                             enabled=autocast):
+            eager = subsampling.subsample(embed, xs)
+            layer = compiled(xs)
+            traced = torch._dynamo.explain(lambda x: conv_subsample(embed, x))(xs).graphs
+            operator = subsampling.conv_subsampling(
+                xs, params, [k for c in convs for k in c.kernel_size],
+                [s for c in convs for s in c.stride], [c.out_channels for c in convs],
+                dtype if autocast else None)
+        with torch.no_grad():
+            eager_chunks, _, _, _ = chunked_input_layer.chunked_forward(
+                xs, geometry, params, dtype if autocast else None)
+        results[name] = {
+            "graph_calls_the_operator": any(
+                node.target is torch.ops.imlspike.conv_subsampling.default
+                for graph in traced for node in graph.graph.nodes),
+            "operator_chunks": len(geometry.chunks(batch_size, frames, 80,
+                                                   subsampling.INFERENCE_ELEMENTS_PER_CHUNK)),
+            "eager_chunks": len(geometry.chunks(batch_size, frames, 80)),
+            "operator_vs_eager_share_differing": float(
+                (operator != eager_chunks).float().mean()),
+            "operator_vs_eager_max_over_max": float(
+                (operator - eager_chunks).abs().max() / eager_chunks.abs().max()),
+            "compiled_vs_eager_layer_share_differing": float((layer != eager).float().mean()),
+            "compiled_vs_eager_layer_max_over_max": float(
+                (layer - eager).abs().max() / eager.abs().max()),
+        }
+    return results
+
+
+PARTS = ["fused", "graphs", "input", "input_kernels", "long", "softmax", "compiled_input"]
 
 
 def main(argv=None):
@@ -447,6 +502,10 @@ def main(argv=None):
         results["long_attention_fp32"] = long_attention(device)
     if "input_kernels" in args.parts and device.type == "cuda":
         results["input_kernels"] = input_kernels_vs_pytorch(device)
+        print(json.dumps(results), flush=True)
+    if "compiled_input" in args.parts:
+        os.environ["IMLSPIKE_CHUNKED_INPUT"] = "1"
+        results["compiled_input"] = compiled_input(device, args.size)
         print(json.dumps(results), flush=True)
     if "softmax" in args.parts and device.type == "cuda":
         results["softmax_kernel"] = softmax_kernel(device)
