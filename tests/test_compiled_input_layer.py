@@ -106,6 +106,28 @@ def test_a_compiled_graph_that_needs_gradients_traces_espnets_module():
     assert embed.conv[0].weight.grad is not None
 
 
+def test_an_exported_program_keeps_espnets_operations():
+    """torch.export (ONNX, other runtimes) gets the module's convolutions, not the operator
+    only this package defines."""
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = layer("conv2d")
+
+        def forward(self, xs):
+            return conv_subsample(self.embed, xs)
+
+    module, xs = Layer(), torch.randn(2, 61, FREQ)
+    with fast_mode("1"), torch.no_grad():
+        program = torch.export.export(module, (xs,))
+        expected = module.embed(xs, None)[0]
+    targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
+    assert OPERATOR not in targets
+    assert torch.ops.aten.conv2d.default in targets or torch.ops.aten.convolution.default in targets
+    torch.testing.assert_close(program.module()(xs), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name, frames", [("conv2d", 61), ("conv2d6", 100), ("conv2d8", 97)])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_operator_output_matches_its_shape_function(name, frames, dtype):

@@ -174,14 +174,16 @@ def _output_layers(embed: torch.nn.Module) -> Tuple[torch.nn.Module, List[torch.
 
 def applies(embed: Optional[torch.nn.Module], xs: torch.Tensor) -> bool:
     """Whether :func:`subsample` replaces ``embed(xs, None)``: fast paths on for ``xs``,
-    ``IMLSPIKE_CHUNKED_INPUT`` not ``0``, not tracing, not compiling a graph that needs
-    gradients (``torch.compile`` in inference runs the layer as one opaque operator), no
+    ``IMLSPIKE_CHUNKED_INPUT`` not ``0``, not tracing or exporting (an exported program
+    keeps ESPnet's operations: portable), not compiling a graph that needs gradients
+    (``torch.compile`` in inference runs the layer as one opaque operator), no
     hooks on the layer (the energy report counts its operations), the stock
     conv-subsampling form."""
     if embed is None or not enabled(xs) or os.environ.get("IMLSPIKE_CHUNKED_INPUT") == "0":
         return False
-    if torch.compiler.is_compiling() and torch.is_grad_enabled():
-        return False
+    if torch.compiler.is_compiling() and (torch.is_grad_enabled()
+                                          or not torch.compiler.is_dynamo_compiling()):
+        return False  # torch.export (non-strict by default: no dynamo) keeps ESPnet's ops
     if torch.jit.is_tracing() or has_hooks(embed):
         return False
     return _convolutions(embed) is not None
