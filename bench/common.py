@@ -129,6 +129,26 @@ def print_and_write(results: dict, out: Optional[Path], filename: str) -> None:
         (out / filename).write_text(text)
 
 
+def print_and_write_report(report: str, rows, out: Optional[Path], stem: str) -> None:
+    """Print the Markdown ``report``; if ``out`` is given, write it to ``out/stem.md`` and
+    ``rows`` as JSON to ``out/stem.json``."""
+    print(report)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+        (out / f"{stem}.md").write_text(report + "\n")
+
+
+def varied_batch(batch: int, frames: int, device: torch.device):
+    """A fixed batch (seed 0) of random features (batch, frames, 80) and their lengths,
+    75-100% of ``frames``, the first utterance the longest."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(frames * 3 // 4, frames + 1, (batch,), generator=generator)
+    lengths[0] = frames
+    xs = torch.randn(batch, frames, 80, generator=generator)
+    return xs.to(device), lengths.to(device)
+
+
 def median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:
     """Median wall time of ``repeat`` calls of ``fn`` after ``warmup`` calls, each
     synchronised with the device at both ends."""

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, build, device_name, path_for, synchronize
+from common import (SIZES, build, device_name, path_for, print_and_write_report,
+                    synchronize, varied_batch)
 
 
 def main(argv=None):
@@ -45,12 +46,7 @@ def main(argv=None):
                      "variant's graph for another (the variant switches are environment "
                      "variables read while tracing; run each variant in its own process)")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(args.frames * 3 // 4, args.frames + 1, (args.batch,),
-                            generator=generator)
-    lengths[0] = args.frames
-    xs = torch.randn(args.batch, args.frames, 80, generator=generator).to(device)
-    lengths = lengths.to(device)
+    xs, lengths = varied_batch(args.batch, args.frames, device)
 
     def context():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -107,11 +103,7 @@ def main(argv=None):
                      f"{row['wall_highest_round_s'] * 1e3:.2f} | "
                      f"x{row['wall_s'] / first:.2f} | {row['host_s'] * 1e3:.2f} |")
     report = "\n".join(lines)
-    print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compiled_inference_ab.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "compiled_inference_ab.md").write_text(report + "\n")
+    print_and_write_report(report, rows, args.out, "compiled_inference_ab")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, build, median_seconds
+from common import SIZES, build, median_seconds, print_and_write_report
 
 
 def main(argv=None):
@@ -66,11 +66,7 @@ def main(argv=None):
         lines.append(f"| {row['form']} | {row['audio_s']:.0f} | {row['encoder_s']:.3f} | "
                      f"{row['rtf']:.3f} | x{row['rtf'] / base['rtf']:.2f} |")
     report = "\n".join(lines)
-    print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "cpu_rtf.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "cpu_rtf.md").write_text(report + "\n")
+    print_and_write_report(report, rows, args.out, "cpu_rtf")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, build, device_name, median_seconds, path_for, synchronize
+from common import (SIZES, build, device_name, median_seconds, path_for,
+                    print_and_write_report, synchronize, varied_batch)
 
 
 def main(argv=None):
@@ -35,12 +36,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(args.frames * 3 // 4, args.frames + 1, (args.batch,),
-                            generator=generator)
-    lengths[0] = args.frames
-    xs = torch.randn(args.batch, args.frames, 80, generator=generator).to(device)
-    lengths = lengths.to(device)
+    xs, lengths = varied_batch(args.batch, args.frames, device)
     rows = []
     for name in args.models + [m + " (compiled)" for m in args.compile]:
         base = name.split(" ")[0]
@@ -101,11 +97,7 @@ def main(argv=None):
                      f"x{row['step_s'] / eager:.2f} | x{row['step_s'] / compiled:.2f} | "
                      f"{row['compile_s'] or '-'} | {gap_text} |")
     report = "\n".join(lines)
-    print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "inference_speed.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "inference_speed.md").write_text(report + "\n")
+    print_and_write_report(report, rows, args.out, "inference_speed")
 
 
 if __name__ == "__main__":

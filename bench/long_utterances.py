@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from common import SIZES, Clock, build, device_name, path_for, peak_memory, reset_memory
+from common import (SIZES, Clock, build, device_name, path_for, peak_memory,
+                    print_and_write_report, reset_memory)
 
 LENGTHS = [1000, 2000, 4000, 8000, 16000, 32000, 64000]
 MODELS = ["transformer", "iml_imls_t6", "iml_imls_linear_t6"]
@@ -101,11 +102,7 @@ def main(argv=None):
                       else [f"{row['step_s']:.3f}", f"{row['peak_allocated_gib']:.2f}"])
         lines.append(f"| {frames} | " + " | ".join(cells) + " |")
     report = "\n".join(lines)
-    print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "long_utterances.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "long_utterances.md").write_text(report + "\n")
+    print_and_write_report(report, rows, args.out, "long_utterances")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import SIZES, build, path_for, synchronize
+from common import SIZES, build, path_for, synchronize, varied_batch
 
 MODELS = ["transformer", "iml_imls_t6@ref", "iml_imls_t6@nographs", "iml_imls_t6"]
 
@@ -45,12 +45,7 @@ def main(argv=None):
                         help="with --eval: the torch.compile'd model (compiled first)")
     args = parser.parse_args(argv)
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(args.frames * 3 // 4, args.frames + 1, (args.batch,),
-                            generator=generator)
-    lengths[0] = args.frames
-    xs = torch.randn(args.batch, args.frames, 80, generator=generator).to(device)
-    lengths = lengths.to(device)
+    xs, lengths = varied_batch(args.batch, args.frames, device)
     rows, text = [], []
     for name in args.models:
         torch.manual_seed(0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from common import (SIZES, Clock, build, device_name, graph_pool_bytes, path_for,
-                    peak_memory, reset_memory)
+                    peak_memory, print_and_write_report, reset_memory)
 
 DEFAULT_MODELS = ["transformer", "iml_imls_t6@ref", "iml_imls_t6"]
 
@@ -116,11 +116,7 @@ def main(argv=None):
     header = (f"device: {device_name(device)}; torch {torch.__version__}; {args.steps} "
               f"batches of <= {args.frames} input frames, longest 300-1600 frames")
     report = table(rows, header)
-    print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "replay_shapes.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "replay_shapes.md").write_text(report + "\n")
+    print_and_write_report(report, rows, args.out, "replay_shapes")
 
 
 if __name__ == "__main__":
