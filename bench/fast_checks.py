@@ -422,12 +422,8 @@ def compiled_input(device, size, frames=1200, batch_size=32):
     embed = IMLSpikeformerEncoder(80, **SIZES[size]).embed.to(device).eval()
     xs = torch.randn(batch_size, frames, 80, generator=torch.Generator().manual_seed(1))
     xs = xs.to(device)
-    convs = subsampling._convolutions(embed)
-    geometry = subsampling._Geometry(tuple(c.kernel_size for c in convs),
-                                     tuple(c.stride for c in convs),
-                                     tuple(c.out_channels for c in convs))
-    linear, _ = subsampling._output_layers(embed)
-    params = [p for c in convs for p in (c.weight, c.bias)] + [linear.weight, linear.bias]
+    geometry = subsampling._Geometry.of_layers(subsampling._convolutions(embed))
+    params = list(embed.parameters())  # the convolutions', then the output Linear's
     results = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         torch._dynamo.reset()
@@ -438,10 +434,8 @@ def compiled_input(device, size, frames=1200, batch_size=32):
             eager = subsampling.subsample(embed, xs)
             layer = compiled(xs)
             traced = torch._dynamo.explain(lambda x: conv_subsample(embed, x))(xs).graphs
-            operator = subsampling.conv_subsampling(
-                xs, params, [k for c in convs for k in c.kernel_size],
-                [s for c in convs for s in c.stride], [c.out_channels for c in convs],
-                dtype if autocast else None)
+            operator = subsampling.conv_subsampling(xs, params, *geometry.flat(),
+                                                    dtype if autocast else None)
         with torch.no_grad():
             eager_chunks, _, _, _ = chunked_input_layer.chunked_forward(
                 xs, geometry, params, dtype if autocast else None)

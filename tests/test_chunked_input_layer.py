@@ -23,10 +23,7 @@ def layer(name, dtype=torch.float64, seed=0):
 
 
 def geometry(embed):
-    convs = subsampling._convolutions(embed)
-    return subsampling._Geometry(tuple(c.kernel_size for c in convs),
-                                 tuple(c.stride for c in convs),
-                                 tuple(c.out_channels for c in convs))
+    return subsampling._Geometry.of_layers(subsampling._convolutions(embed))
 
 
 @pytest.fixture(params=["1", "0"], ids=["last_map_recomputed", "last_map_kept"])

@@ -32,10 +32,7 @@ class Recorder:
 
 
 def geometry(embed):
-    convs = subsampling._convolutions(embed)
-    return subsampling._Geometry(tuple(c.kernel_size for c in convs),
-                                 tuple(c.stride for c in convs),
-                                 tuple(c.out_channels for c in convs))
+    return subsampling._Geometry.of_layers(subsampling._convolutions(embed))
 
 
 def layer(name, seed=0):
@@ -134,10 +131,8 @@ def test_operator_output_matches_its_shape_function(name, frames, dtype):
     """torch.library.opcheck: the registered fake (shape and dtype, what the compiler plans
     with) against the real output, and the schema."""
     embed = layer(name)
-    convs = subsampling._convolutions(embed)
     args = (torch.randn(2, frames, FREQ), [p.detach() for p in embed.parameters()],
-            [k for c in convs for k in c.kernel_size], [s for c in convs for s in c.stride],
-            [c.out_channels for c in convs], dtype)
+            *geometry(embed).flat(), dtype)
     torch.library.opcheck(subsampling.conv_subsampling, args)
     out = subsampling.conv_subsampling(*args)
     assert out.dtype == (dtype or torch.float32)

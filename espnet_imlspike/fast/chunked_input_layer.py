@@ -10,6 +10,13 @@ import torch
 from espnet_imlspike.fast import input_kernels
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast computes convolutions in on ``device_type``, None when off."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def _computed(tensor: torch.Tensor, autocast: Optional[torch.dtype]) -> torch.Tensor:
     """``tensor`` in the dtype a convolution under autocast (``autocast``: its dtype, or
     None when off) computes it in: cast unless float64 (autocast leaves those alone)."""
@@ -123,9 +130,7 @@ class ChunkedInputLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xs, geometry, *params):
-        device = xs.device.type
-        ctx.autocast = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
-                        else None)
+        ctx.autocast = autocast_dtype(xs.device.type)
         ctx.geometry = geometry
         out, kept, ctx.chunks, ctx.in_rows = chunked_forward(xs, geometry, params,
                                                              ctx.autocast)

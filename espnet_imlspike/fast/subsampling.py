@@ -53,7 +53,11 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
 
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import MODES, enabled, has_hooks
-from espnet_imlspike.fast.chunked_input_layer import ChunkedInputLayer, chunked_forward
+from espnet_imlspike.fast.chunked_input_layer import (
+    ChunkedInputLayer,
+    autocast_dtype,
+    chunked_forward,
+)
 
 # values of the largest feature map one chunk computes (64 MiB in bf16) ...
 ELEMENTS_PER_CHUNK = 1 << 25
@@ -83,6 +87,24 @@ class _Geometry:
     kernels: Tuple[Tuple[int, int], ...]
     strides: Tuple[Tuple[int, int], ...]
     channels: Tuple[int, ...]
+
+    @classmethod
+    def of_layers(cls, convs: List[torch.nn.Conv2d]) -> "_Geometry":
+        return cls(tuple(c.kernel_size for c in convs), tuple(c.stride for c in convs),
+                   tuple(c.out_channels for c in convs))
+
+    @classmethod
+    def from_flat(cls, kernels: List[int], strides: List[int], channels: List[int]
+                  ) -> "_Geometry":
+        """The inverse of :meth:`flat` (the operator's arguments)."""
+        return cls(tuple(zip(kernels[0::2], kernels[1::2])),
+                   tuple(zip(strides[0::2], strides[1::2])), tuple(channels))
+
+    def flat(self) -> Tuple[List[int], List[int], List[int]]:
+        """Kernels and strides as flat (time, frequency) pairs, and the channels: the
+        integer lists :func:`conv_subsampling` takes."""
+        return ([k for pair in self.kernels for k in pair],
+                [s for pair in self.strides for s in pair], list(self.channels))
 
     def out_size(self, size: int, axis: int) -> int:
         for kernel, stride in zip(self.kernels, self.strides):
@@ -192,21 +214,13 @@ def applies(embed: Optional[torch.nn.Module], xs: torch.Tensor) -> bool:
 def subsample(embed: torch.nn.Module, xs: torch.Tensor) -> torch.Tensor:
     """``embed(xs, None)[0]`` for features ``xs`` (B, T, F) (see :func:`applies`)."""
     convs = _convolutions(embed)
-    kernels, strides = [c.kernel_size for c in convs], [c.stride for c in convs]
-    channels = [c.out_channels for c in convs]
+    geometry = _Geometry.of_layers(convs)
     linear, after = _output_layers(embed)
-    params = []
-    for conv in convs:
-        params += [conv.weight, conv.bias]
+    params = [p for conv in convs for p in (conv.weight, conv.bias)]
     params += [linear.weight, linear.bias]
     if torch.compiler.is_compiling():  # inference (applies): the chunks as one operator
-        device = xs.device.type
-        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
-                 else None)
-        out = conv_subsampling(xs, params, [k for pair in kernels for k in pair],
-                               [s for pair in strides for s in pair], channels, dtype)
+        out = conv_subsampling(xs, params, *geometry.flat(), autocast_dtype(xs.device.type))
     else:
-        geometry = _Geometry(tuple(kernels), tuple(strides), tuple(channels))
         _announce(embed, geometry)
         out = ChunkedInputLayer.apply(xs, geometry, *params)
     for module in after:
@@ -225,13 +239,6 @@ def _announce(embed: torch.nn.Module, geometry: _Geometry) -> None:
                      "too" if geometry.recomputes_last() else "kept")
 
 
-def _paired_geometry(kernels: List[int], strides: List[int], channels: List[int]
-                     ) -> _Geometry:
-    """A :class:`_Geometry` from flat (time, frequency) pairs, as the operator takes them."""
-    return _Geometry(tuple(zip(kernels[0::2], kernels[1::2])),
-                     tuple(zip(strides[0::2], strides[1::2])), tuple(channels))
-
-
 @torch.library.custom_op("imlspike::conv_subsampling", mutates_args=())
 def conv_subsampling(xs: torch.Tensor, params: List[torch.Tensor], kernels: List[int],
                      strides: List[int], channels: List[int],
@@ -241,12 +248,12 @@ def conv_subsampling(xs: torch.Tensor, params: List[torch.Tensor], kernels: List
     first convolution, channels-last chunks) instead of tracing the module's convolutions.
     ``dtype``: the autocast dtype where the call was traced (None: off); no gradient."""
     with torch.autocast(xs.device.type, enabled=False):  # the dtype is explicit
-        return chunked_forward(xs, _paired_geometry(kernels, strides, channels), params,
+        return chunked_forward(xs, _Geometry.from_flat(kernels, strides, channels), params,
                                dtype, INFERENCE_ELEMENTS_PER_CHUNK)[0]
 
 
 @conv_subsampling.register_fake
 def _conv_subsampling_shape(xs, params, kernels, strides, channels, dtype):
-    frames = _paired_geometry(kernels, strides, channels).out_size(xs.size(1), 0)
+    frames = _Geometry.from_flat(kernels, strides, channels).out_size(xs.size(1), 0)
     return xs.new_empty(xs.size(0), frames, params[-1].size(0),
                         dtype=dtype or params[-1].dtype)
