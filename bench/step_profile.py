@@ -114,9 +114,9 @@ def summarize(trace_path: str, top: int = 40) -> dict:
         op = host_at(b)
         by_op[op] = by_op.get(op, 0.0) + (b - a) / 1e3
     for e in gpu:
-        kernels.setdefault(e["name"][:90], [0.0, 0])
-        kernels[e["name"][:90]][0] += e["dur"]
-        kernels[e["name"][:90]][1] += 1
+        entry = kernels.setdefault(e["name"][:90], [0.0, 0])
+        entry[0] += e["dur"]
+        entry[1] += 1
     return {
         "gpu_window_ms": window / 1e3, "gpu_busy_ms": busy / 1e3,
         "gpu_idle_ms": (window - busy) / 1e3,
