@@ -13,7 +13,9 @@ the Triton kernels at launch instead of ahead, in parallel (``fast/compile_ahead
 operations instead of its Triton kernels (``fast/input_kernels.py``); ``@nosharedstatic``
 gives each CUDA-graph bucket its own static tensors (``fast/graph_bucket.py``);
 ``@recomputelast`` / ``@keeplast`` make the chunked input layer's backward recompute / keep
-its last map whatever its cost (``fast/subsampling.py``).
+its last map whatever its cost (``fast/subsampling.py``); ``@nocompiledgraphs`` lets
+``torch.compile`` in inference trace the blocks instead of calling the operator that
+replays them as compiled CUDA graphs (``fast/compiled_blocks.py``).
 """
 
 import contextlib
@@ -65,6 +67,7 @@ def build(name: str, size: dict, input_size: int = 80) -> torch.nn.Module:
 SUFFIX_ENVIRONMENT = {"nographs": ("IMLSPIKE_CUDA_GRAPHS", "0"),
                       "notriton": ("IMLSPIKE_TRITON", "0"),
                       "nochunk": ("IMLSPIKE_CHUNKED_INPUT", "0"),
+                      "nocompiledgraphs": ("IMLSPIKE_COMPILED_GRAPHS", "0"),
                       "noahead": ("IMLSPIKE_COMPILE_AHEAD", "0"),
                       "noinputkernels": ("IMLSPIKE_INPUT_KERNELS", "0"),
                       "nosharedstatic": ("IMLSPIKE_SHARED_STATIC", "0"),

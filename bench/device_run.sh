@@ -14,7 +14,7 @@
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
 #        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab align_ab
-#        checks_compiled
+#        checks_compiled graphs_probe compiled_graphs_ab compiled_graphs_ab_librispeech
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -185,6 +185,28 @@ for t in "$@"; do
             --out $RES/profile_compiled_librispeech --eval --compile --size librispeech \
             --batch 64 --frames 1536 --top 30 --models iml_imls_t6@nochunk iml_imls_t6
         grep -h "^##" $RES/profile_compiled_librispeech/*.txt ;;
+    graphs_probe)  # what the compiler's CUDA graphs (mode="reduce-overhead") would give:
+        # the spiking encoder with them beside the default Transformer, then both with them
+        task probe_iml_graphs 200 python3 bench/compiled_inference_ab.py \
+            --out $RES/probe_iml_graphs transformer iml_imls_t6 --reduce-overhead iml_imls_t6
+        task probe_both_graphs 200 python3 bench/compiled_inference_ab.py \
+            --out $RES/probe_both_graphs transformer iml_imls_t6 \
+            --reduce-overhead transformer iml_imls_t6 ;;
+    compiled_graphs_ab)  # compiled inference with the blocks as the operator replaying
+        # compiled CUDA graphs (the default) and traced (@nocompiledgraphs), each variant
+        # beside the Transformer in its own process; then the GPU check
+        for variant in iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
+            task cgraphs_ab_$variant 200 python3 bench/compiled_inference_ab.py \
+                --out $RES/cgraphs_ab_$variant transformer $variant
+        done
+        task checks_compiled_blocks 300 python3 bench/fast_checks.py --parts compiled_blocks \
+            --out $RES/checks_compiled_blocks ;;
+    compiled_graphs_ab_librispeech)  # the same at LibriSpeech's size
+        for variant in iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
+            task cgraphs_ab_librispeech_$variant 250 python3 bench/compiled_inference_ab.py \
+                --out $RES/cgraphs_ab_librispeech_$variant --size librispeech --batch 64 \
+                --frames 1536 transformer $variant
+        done ;;
     checks_compiled)  # the compiled input-layer operator vs the eager chunked layer
         task checks_compiled 200 python3 bench/fast_checks.py --parts compiled_input \
             --out $RES/checks_compiled ;;

@@ -19,7 +19,9 @@
   backward kernel vs the PyTorch operations they replace, bit for bit, 1 to 1024 keys,
   fp32 and bf16 autocast; the chunked attention's backward with and without it;
 * ``torch.compile`` of the input layer in inference (one operator) vs the eager chunked layer
-  (part ``compiled_input``, also on the CPU).
+  (part ``compiled_input``, also on the CPU); of the whole encoder, its blocks as the
+  operator replaying compiled CUDA graphs, vs the blocks traced and vs eager (part
+  ``compiled_blocks``).
 
     python bench/fast_checks.py --out bench/out
 """
@@ -457,7 +459,61 @@ def compiled_input(device, size, frames=1200, batch_size=32):
     return results
 
 
-PARTS = ["fused", "graphs", "input", "input_kernels", "long", "softmax", "compiled_input"]
+def compiled_blocks(device, size, frames=1200, batch_size=32):
+    """``torch.compile`` in inference of the whole encoder, its blocks as the operator that
+    compiles and replays them as CUDA graphs (:mod:`~espnet_imlspike.fast.compiled_blocks`),
+    vs the same compiled with the blocks traced in the graph (``IMLSPIKE_COMPILED_GRAPHS=0``,
+    as before) and vs the eager encoder, fp32 and bf16 autocast, over the valid frames."""
+    from espnet_imlspike.fast import compiled_blocks as operator
+
+    torch.manual_seed(0)
+    encoder = IMLSpikeformerEncoder(80, **SIZES[size]).to(device)
+    xs = torch.randn(batch_size, frames, 80, generator=torch.Generator().manual_seed(1))
+    xs = xs.to(device)
+    lengths = torch.linspace(frames // 3, frames, batch_size).long().to(device)
+    with torch.no_grad():
+        for _ in range(3):  # calibrate the IMLS statistics
+            encoder(xs, lengths)
+    encoder.eval()
+    results = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        outputs = {}
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype,
+                                             enabled=dtype != torch.float32):
+            for variant, switch in (("operator", "auto"), ("traced", "0")):
+                os.environ["IMLSPIKE_COMPILED_GRAPHS"] = switch
+                torch._dynamo.reset()
+                graphs = torch._dynamo.explain(encoder)(xs, lengths).graphs
+                calls = any(node.target is torch.ops.imlspike.encoder_blocks.default
+                            for graph in graphs for node in graph.graph.nodes)
+                torch._dynamo.reset()
+                compiled = torch.compile(encoder)
+                compiled(xs, lengths)
+                outputs[variant] = (compiled(xs, lengths), calls)
+            os.environ.pop("IMLSPIKE_COMPILED_GRAPHS")
+            eager, olens, _ = encoder(xs, lengths)
+        valid = torch.arange(eager.size(1), device=device)[None] < olens[:, None]
+        (op, op_calls), (traced, traced_calls) = outputs["operator"], outputs["traced"]
+        op, olens_op, traced = op[0][valid].float(), op[1], traced[0][valid].float()
+        eager = eager[valid].float()
+        results[name] = {
+            "graph_calls_the_operator": op_calls, "traced_graph_calls_it": traced_calls,
+            "lengths_equal": bool(torch.equal(olens_op, olens)),
+            "graphs_captured": len(operator._graphs[id(encoder)].entries),
+            "operator_vs_traced_share_differing": float((op != traced).float().mean()),
+            "operator_vs_traced_max_over_max": float((op - traced).abs().max()
+                                                     / traced.abs().max()),
+            "operator_vs_eager_share_differing": float((op != eager).float().mean()),
+            "operator_vs_eager_max_over_max": float((op - eager).abs().max()
+                                                    / eager.abs().max()),
+            "traced_vs_eager_max_over_max": float((traced - eager).abs().max()
+                                                  / eager.abs().max()),
+        }
+    return results
+
+
+PARTS = ["fused", "graphs", "input", "input_kernels", "long", "softmax", "compiled_input",
+         "compiled_blocks"]
 
 
 def main(argv=None):
@@ -500,6 +556,10 @@ def main(argv=None):
     if "compiled_input" in args.parts:
         os.environ["IMLSPIKE_CHUNKED_INPUT"] = "1"
         results["compiled_input"] = compiled_input(device, args.size)
+        print(json.dumps(results), flush=True)
+    if "compiled_blocks" in args.parts:
+        os.environ["IMLSPIKE_CHUNKED_INPUT"] = "1"
+        results["compiled_blocks"] = compiled_blocks(device, args.size)
         print(json.dumps(results), flush=True)
     if "softmax" in args.parts and device.type == "cuda":
         results["softmax_kernel"] = softmax_kernel(device)

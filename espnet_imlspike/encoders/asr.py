@@ -35,6 +35,7 @@ from espnet_imlspike.encoders.options import SpikingOptions
 from espnet_imlspike.encoders.state_forms import guard_state_dict_form
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import block as fast_block
+from espnet_imlspike.fast import compiled_blocks
 from espnet_imlspike.fast import graphs_enabled
 from espnet_imlspike.fast.graphs import EncoderGraphs
 from espnet_imlspike.fast.ranks import graphs_allowed_in_process_group, in_process_group
@@ -90,7 +91,12 @@ class SpikingTransformerEncoder(AbsEncoder):
         self.interctc_use_conditioning = interctc_use_conditioning
         self.conditioning_layer = None
         self._graphs = EncoderGraphs()
+        compiled_blocks.register(self)
         guard_state_dict_form(self, form)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)  # a copy or an unpickled encoder: a new instance
+        compiled_blocks.register(self)
 
     # read-only views of the options, for code that inspects a built encoder
     timesteps = property(lambda self: self.options.timesteps)
@@ -141,9 +147,12 @@ class SpikingTransformerEncoder(AbsEncoder):
             subsampling have output length 0.
         """
         xs, olens, valid = self.embed_input(xs_pad, ilens)
+        scale = SUBSAMPLING.get(self.input_layer, 1)
+        if (compiled_blocks.applies(xs) and not self.training
+                and self._blocks_graphable(xs_pad, ilens)):  # compiled inference
+            return compiled_blocks.run(self, xs, olens, scale), olens, None
         if self._graphable(xs_pad, ilens):  # the blocks as CUDA graphs (fast.graphs)
-            out = self._graphs.run(self, self._graph_core, xs, olens,
-                                   SUBSAMPLING.get(self.input_layer, 1))
+            out = self._graphs.run(self, self._graph_core, xs, olens, scale)
             if out is not None:
                 return out, olens, None
         time = TimeFolding(self.options, xs.size(0))
@@ -168,9 +177,14 @@ class SpikingTransformerEncoder(AbsEncoder):
         """The encoder may run as CUDA graphs: fast paths on, CUDA, every block on the
         fast path, no intermediate CTC, no hooks, not compiling, under a process
         group only with NCCL (fast.ranks)."""
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or ilens is None:
+        if torch.compiler.is_compiling() or not graphs_enabled(xs_pad):
             return False
-        if self.interctc_layer_idx or not graphs_enabled(xs_pad):
+        return self._blocks_graphable(xs_pad, ilens)
+
+    def _blocks_graphable(self, xs_pad: torch.Tensor, ilens: Optional[torch.Tensor]) -> bool:
+        """The conditions of :meth:`_graphable` besides the device and compiling (those
+        of :mod:`~espnet_imlspike.fast.compiled_blocks` too)."""
+        if torch.jit.is_tracing() or ilens is None or self.interctc_layer_idx:
             return False
         if self.input_layer == "embed" or getattr(self, "_is_replica", False):
             return False  # (DataParallel replicas are new modules at every call)
