@@ -14,7 +14,7 @@
 #        librispeech_input input_tune input_aishell aishell_iml aishell_memory
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
 #        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab align_ab
-#        checks_compiled graphs_probe compiled_graphs_ab compiled_graphs_ab_librispeech
+#        checks_compiled graphs_probe compiled_graphs_ab
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -194,19 +194,18 @@ for t in "$@"; do
             --reduce-overhead transformer iml_imls_t6 ;;
     compiled_graphs_ab)  # compiled inference with the blocks as the operator replaying
         # compiled CUDA graphs (the default) and traced (@nocompiledgraphs), each variant
-        # beside the Transformer in its own process; then the GPU check
+        # beside the Transformer in its own process, both sizes; then the GPU check
         for variant in iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
             task cgraphs_ab_$variant 200 python3 bench/compiled_inference_ab.py \
                 --out $RES/cgraphs_ab_$variant transformer $variant
         done
-        task checks_compiled_blocks 300 python3 bench/fast_checks.py --parts compiled_blocks \
-            --out $RES/checks_compiled_blocks ;;
-    compiled_graphs_ab_librispeech)  # the same at LibriSpeech's size
         for variant in iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
             task cgraphs_ab_librispeech_$variant 250 python3 bench/compiled_inference_ab.py \
                 --out $RES/cgraphs_ab_librispeech_$variant --size librispeech --batch 64 \
                 --frames 1536 transformer $variant
-        done ;;
+        done
+        task checks_compiled_blocks 300 python3 bench/fast_checks.py --parts compiled_blocks \
+            --out $RES/checks_compiled_blocks ;;
     checks_compiled)  # the compiled input-layer operator vs the eager chunked layer
         task checks_compiled 200 python3 bench/fast_checks.py --parts compiled_input \
             --out $RES/checks_compiled ;;

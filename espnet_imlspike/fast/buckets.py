@@ -32,6 +32,17 @@ def bucket_frames(frames: int, scale: int = 1) -> Optional[int]:
     return None
 
 
+def aligned_frames(frames: int, scale: int = 1) -> Optional[int]:
+    """Frames rounded up to a multiple of :data:`ALIGN` only (None above
+    :data:`MAX_FRAMES` input frames): the buckets of compiled inference
+    (:mod:`.compiled_blocks`), whose graphs hold no backward and where the padding of
+    :func:`bucket_frames` (up to 13% more frames at LibriSpeech's lengths) cost more GPU time
+    than the launches the graphs save."""
+    if frames * scale > MAX_FRAMES:
+        return None
+    return -(-frames // ALIGN) * ALIGN
+
+
 def bucket_batch(batch: int) -> Optional[int]:
     """Batch size rounded up to the next of :data:`BATCH_BUCKETS` (None above)."""
     return next((b for b in BATCH_BUCKETS if b >= batch), None)

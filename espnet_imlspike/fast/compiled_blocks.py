@@ -14,10 +14,12 @@ the CUDA graphs on: :func:`applies`), the compiled graph calls one opaque operat
 :func:`encoder_blocks`, for the blocks and the final LayerNorm. The operator compiles that
 part of the encoder itself (the same code the user's compiler would have traced, with the
 same compiler, on first use), and replays it as CUDA graphs per bucket of shapes with the
-machinery of the eager path (:mod:`.graphs`: buckets, capture, and the checks that drop a
-graph whose tensors changed). Outputs are those of the compiled blocks at the bucket's
-padded shape: the valid frames equal the unpadded computation up to the rounding of
-products at another shape, as for the eager graphs. Where the graphs cannot serve (a hook
+machinery of the eager path (:mod:`.graphs`: capture, and the checks that drop a graph
+whose tensors changed), its lengths rounded up to multiples of 16 frames only
+(:func:`~.buckets.aligned_frames`: more graphs than training's coarser buckets, less
+padded work). Outputs are those of the compiled blocks at the bucket's padded shape: the
+valid frames equal the unpadded computation up to the rounding of products at another
+shape, as for the eager graphs. Where the graphs cannot serve (a hook
 on a block, shapes beyond the buckets) the compiled blocks run without them.
 ``IMLSPIKE_COMPILED_GRAPHS=0`` turns the operator off (the user's compiler then traces the
 blocks, as before); ``=1`` uses it on any device (without graphs off CUDA: the tests).
@@ -33,6 +35,7 @@ import torch
 
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import MODES, graphs_enabled
+from espnet_imlspike.fast.buckets import aligned_frames
 from espnet_imlspike.fast.chunked_input_layer import autocast_dtype
 from espnet_imlspike.fast.graphs import EncoderGraphs
 
@@ -68,7 +71,7 @@ def register(encoder: torch.nn.Module) -> None:
     key = id(encoder)
     _forget(key)  # a dead encoder's id, reused
     _encoders[key] = weakref.ref(encoder, lambda _, key=key: _forget(key))
-    _graphs[key] = EncoderGraphs()
+    _graphs[key] = EncoderGraphs(aligned_frames)
 
 
 def _forget(key: int) -> None:

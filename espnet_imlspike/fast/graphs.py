@@ -52,7 +52,8 @@ MAX_GRAPHS = 64
 class EncoderGraphs:
     """CUDA graphs of one encoder, keyed by bucket and execution state."""
 
-    def __init__(self):
+    def __init__(self, frame_buckets: Callable[[int, int], Optional[int]] = bucket_frames):
+        self.frame_buckets = frame_buckets  # (frames, frame_scale) -> bucket frames
         self._reset()
         self.disabled = self.warned = False
         self.watch: Optional[GraphWatch] = None
@@ -70,13 +71,13 @@ class EncoderGraphs:
 
     # graphs live on the device of one process: copies start empty
     def __deepcopy__(self, memo):
-        return EncoderGraphs()
+        return EncoderGraphs(self.frame_buckets)
 
     def __getstate__(self):
-        return {}
+        return {"frame_buckets": self.frame_buckets}
 
     def __setstate__(self, state):
-        self.__init__()
+        self.__init__(state.get("frame_buckets", bucket_frames))
 
     def grad_views(self) -> Dict[int, torch.Tensor]:
         """Parameter id -> its slice of the shared gradient buffer."""
@@ -126,7 +127,7 @@ class EncoderGraphs:
 
     def _run(self, module, core, xs, ilens, batch, frames, eager, scale):
         shape = (batch, frames)
-        batch, frames = bucket_batch(batch), bucket_frames(frames, scale)
+        batch, frames = bucket_batch(batch), self.frame_buckets(frames, scale)
         if batch is None or frames is None or eager:
             if not eager:
                 self._warn_eager(f"{shape[0]} x {shape[1]} frames is beyond the buckets")
