@@ -30,6 +30,10 @@ Each fast path computes what the reference modules compute (``neurons.py``,
   under ``torch.distributed`` (NCCL; ``IMLSPIKE_DDP_GRAPHS=0`` turns them off there).
   :mod:`.compile_ahead` compiles the Triton kernels of the first warm-up's step in
   parallel before it runs (a machine's first run; ``IMLSPIKE_COMPILE_AHEAD=0``: at launch).
+* :mod:`.compiled_blocks`: under ``torch.compile`` in inference on CUDA, the blocks are one
+  opaque operator that compiles them itself and replays them as CUDA graphs (the compiled
+  graph no longer launches each block's kernels from the host;
+  ``IMLSPIKE_COMPILED_GRAPHS=0`` lets the compiler trace them).
 
 Switch: the environment variable ``IMLSPIKE_FAST`` (``auto``, the default: on for CUDA
 tensors, off on the CPU; ``1``: on everywhere, as the tests use it; ``0``: off), or
