@@ -12,15 +12,15 @@ default mode anyway.
 So where the user compiles the encoder for inference (no gradient, evaluation mode, CUDA,
 the CUDA graphs on: :func:`applies`), the compiled graph calls one opaque operator,
 :func:`encoder_blocks`, for the blocks and the final LayerNorm. The operator compiles that
-part of the encoder itself (the same code the user's compiler would have traced, with the
-same compiler, on first use), and replays it as CUDA graphs per bucket of shapes with the
-machinery of the eager path (:mod:`.graphs`: capture, and the checks that drop a graph
-whose tensors changed), its lengths rounded up to multiples of 16 frames only
-(:func:`~.buckets.aligned_frames`: more graphs than training's coarser buckets, less
-padded work). Outputs are those of the compiled blocks at the bucket's padded shape: the
-valid frames equal the unpadded computation up to the rounding of products at another
-shape, as for the eager graphs. Where the graphs cannot serve (a hook
-on a block, shapes beyond the buckets) the compiled blocks run without them.
+part of the encoder itself (the code the user's compiler would have traced, with PyTorch's
+default compiler whatever backend the user chose, on first use), and replays it as CUDA
+graphs with the machinery of the eager path (:mod:`.graphs`: capture, and the checks that
+drop a graph whose tensors changed), one per shape with lengths rounded up to multiples of
+16 frames (:func:`~.buckets.aligned_frames`: more graphs than training's coarser buckets,
+less padded work). Outputs are those of the compiled blocks at the padded shape: the valid
+frames equal the unpadded computation up to the rounding of products at another shape, as
+for the eager graphs. Where the graphs cannot serve (a hook on a block, shapes beyond the
+buckets) the compiled blocks run without them.
 ``IMLSPIKE_COMPILED_GRAPHS=0`` turns the operator off (the user's compiler then traces the
 blocks, as before); ``=1`` uses it on any device (without graphs off CUDA: the tests).
 """
