@@ -76,6 +76,16 @@ def test_compiled_inference_calls_the_blocks_as_one_operator(autocast):
     assert torch.equal(out, eager) and torch.equal(olens, eager_olens)
 
 
+def test_inference_mode_is_served_too():
+    """``torch.inference_mode()`` (no gradient): the operator's thread reads its tensors."""
+    enc, (xs, lengths) = encoder(), batch()
+    recorder = Recorder()
+    with torch.inference_mode():
+        out = torch.compile(enc, backend=recorder, fullgraph=True)(xs, lengths)[0]
+        eager = enc(xs, lengths)[0]
+    assert OPERATOR in recorder.targets() and torch.equal(out, eager)
+
+
 def test_the_default_compiler_matches_the_eager_encoder():
     """The user's path: ``torch.compile(encoder)`` with the default compiler, inside and out."""
     enc, (xs, lengths) = encoder(), batch()
@@ -156,3 +166,5 @@ def test_the_operator_passes_torch_library_checks():
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype is not None):
             expected = enc._graph_core(inputs, olens).dtype
         assert compiled_blocks.output_dtype(id(enc), inputs, dtype) == expected
+    # the compiler's own CUDA graphs (mode="reduce-overhead") leave the operator out
+    assert torch.Tag.cudagraph_unsafe in OPERATOR.tags

@@ -103,7 +103,10 @@ def _autocast(device_type: str, dtype: Optional[torch.dtype]):
                           enabled=dtype is not None)
 
 
-@torch.library.custom_op("imlspike::encoder_blocks", mutates_args=())
+# cudagraph_unsafe: a caller compiled with mode="reduce-overhead" must not capture the
+# operator, which replays graphs of its own from another thread
+@torch.library.custom_op("imlspike::encoder_blocks", mutates_args=(),
+                         tags=(torch.Tag.cudagraph_unsafe,))
 def encoder_blocks(xs: torch.Tensor, olens: torch.Tensor, key: int, frame_scale: int,
                    dtype: Optional[torch.dtype]) -> torch.Tensor:
     """``encoder._graph_core(xs, olens)`` (the blocks and the final LayerNorm) of the
