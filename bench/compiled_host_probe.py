@@ -15,10 +15,12 @@ sys.path.insert(0, "bench")
 from common import SIZES, build, synchronize, varied_batch  # noqa: E402
 
 from espnet_imlspike.fast import (  # noqa: E402
+    chunked_input_layer,
     compiled_blocks,
     graph_bucket,
     graph_watch,
     graphs,
+    input_kernels,
     subsampling,
 )
 
@@ -58,6 +60,12 @@ with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
     timed(graph_watch.GraphWatch, "hooked", "hooked")
     timed(graph_bucket.Replay, "apply", "Replay.apply")
     timed(subsampling, "chunked_forward", "chunked_forward (input op body)")
+    for name in ("_weights", "_frequency_major", "_maps", "_padded", "_rows"):
+        timed(chunked_input_layer, name, f"  {name}")
+    timed(subsampling._Geometry, "chunks", "  geometry.chunks")
+    timed(input_kernels, "applies", "  input_kernels.applies")
+    timed(input_kernels, "first_map", "  input_kernels.first_map")
+
     calls, hosts, walls = [], [], []
     for _ in range(100):
         synchronize(device)
