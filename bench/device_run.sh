@@ -15,7 +15,7 @@
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
 #        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab align_ab
 #        checks_compiled graphs_probe compiled_graphs_ab
-#        compiled_host_probe
+#        compiled_host_probe compiled_varied
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -207,6 +207,12 @@ for t in "$@"; do
         done
         task checks_compiled_blocks 300 python3 bench/fast_checks.py --parts compiled_blocks \
             --out $RES/checks_compiled_blocks ;;
+    compiled_varied)  # compiled inference over 30 batches of new lengths, twice (the
+        # first pass pays compilations and captures); one model per process
+        for model in transformer iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
+            task compiled_varied_$model 200 python3 bench/compiled_varied_lengths.py \
+                --out $RES/compiled_varied_$model $model
+        done ;;
     compiled_host_probe)  # where a compiled call's host time goes (the operator on)
         task compiled_host_probe 300 env PYTHONPATH=/tmp/site:. python3 \
             bench/compiled_host_probe.py ;;
