@@ -17,7 +17,8 @@ default compiler whatever backend the user chose, on first use), and replays it 
 graphs with the machinery of the eager path (:mod:`.graphs`: capture, and the checks that
 drop a graph whose tensors changed), one per shape with lengths rounded up to multiples of
 16 frames (:func:`~.buckets.aligned_frames`: more graphs than training's coarser buckets,
-less padded work). Outputs are those of the compiled blocks at the padded shape: the valid
+less padded work; each new shape runs once before its capture, where the compiler may
+compile the blocks again for it). Outputs are those of the compiled blocks at the padded shape: the valid
 frames equal the unpadded computation up to the rounding of products at another shape, as
 for the eager graphs. Where the graphs cannot serve (a hook on a block, shapes beyond the
 buckets) the compiled blocks run without them.
@@ -71,7 +72,7 @@ def register(encoder: torch.nn.Module) -> None:
     key = id(encoder)
     _forget(key)  # a dead encoder's id, reused
     _encoders[key] = weakref.ref(encoder, lambda _, key=key: _forget(key))
-    _graphs[key] = EncoderGraphs(aligned_frames)
+    _graphs[key] = EncoderGraphs(aligned_frames, warm_every_shape=True)
 
 
 def _forget(key: int) -> None:

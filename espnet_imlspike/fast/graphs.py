@@ -52,8 +52,11 @@ MAX_GRAPHS = 64
 class EncoderGraphs:
     """CUDA graphs of one encoder, keyed by bucket and execution state."""
 
-    def __init__(self, frame_buckets: Callable[[int, int], Optional[int]] = bucket_frames):
+    def __init__(self, frame_buckets: Callable[[int, int], Optional[int]] = bucket_frames,
+                 warm_every_shape: bool = False):
         self.frame_buckets = frame_buckets  # (frames, frame_scale) -> bucket frames
+        # a compiled core may compile again at a new shape: never inside a capture
+        self.warm_every_shape = warm_every_shape
         self._reset()
         self.disabled = self.warned = False
         self.watch: Optional[GraphWatch] = None
@@ -71,13 +74,14 @@ class EncoderGraphs:
 
     # graphs live on the device of one process: copies start empty
     def __deepcopy__(self, memo):
-        return EncoderGraphs(self.frame_buckets)
+        return EncoderGraphs(self.frame_buckets, self.warm_every_shape)
 
     def __getstate__(self):
-        return {"frame_buckets": self.frame_buckets}
+        return {"frame_buckets": self.frame_buckets, "warm_every_shape": self.warm_every_shape}
 
     def __setstate__(self, state):
-        self.__init__(state.get("frame_buckets", bucket_frames))
+        self.__init__(state.get("frame_buckets", bucket_frames),
+                      state.get("warm_every_shape", False))
 
     def grad_views(self) -> Dict[int, torch.Tensor]:
         """Parameter id -> its slice of the shared gradient buffer."""
@@ -169,7 +173,8 @@ class EncoderGraphs:
         warms up first; later ones (new shapes, same kernels) only if capturing without
         fails: a warm-up's eager step beside a full cache set the peak reserved memory.
         None, and graphs off for the encoder (eager from now on), where both fail."""
-        for warm in ([False, True] if mode in self.warmed else [True]):
+        warmed = mode in self.warmed and not self.warm_every_shape
+        for warm in ([False, True] if warmed else [True]):
             try:
                 entry = self._capture(module, core, xs, ilens, batch, frames, backward, warm)
                 self.warmed.add(mode)
