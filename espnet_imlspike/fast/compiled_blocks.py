@@ -18,10 +18,10 @@ graphs with the machinery of the eager path (:mod:`.graphs`: capture, and the ch
 drop a graph whose tensors changed), one per shape with lengths rounded up to multiples of
 16 frames (:func:`~.buckets.aligned_frames`: more graphs than training's coarser buckets,
 less padded work; each new shape runs once before its capture, where the compiler may
-compile the blocks again for it). Outputs are those of the compiled blocks at the padded shape: the valid
-frames equal the unpadded computation up to the rounding of products at another shape, as
-for the eager graphs. Where the graphs cannot serve (a hook on a block, shapes beyond the
-buckets) the compiled blocks run without them.
+compile the blocks again for it). Outputs are those of the compiled blocks at the padded
+shape: the valid frames equal the unpadded computation up to the rounding of products at
+another shape, as for the eager graphs. Where the graphs cannot serve (a hook on a block,
+shapes beyond the buckets) the compiled blocks run without them.
 ``IMLSPIKE_COMPILED_GRAPHS=0`` turns the operator off (the user's compiler then traces the
 blocks, as before); ``=1`` uses it on any device (without graphs off CUDA: the tests).
 """
@@ -68,7 +68,7 @@ def applies(xs: torch.Tensor) -> bool:
 def register(encoder: torch.nn.Module) -> None:
     """Make ``encoder`` reachable by :func:`encoder_blocks` under its ``id`` (the key a
     compiled graph holds; the compiler guards on the encoder's identity). The encoders
-    call this when an instance comes to be: built, copied or unpickled."""
+    call this when an instance comes to be: built or copied."""
     key = id(encoder)
     _forget(key)  # a dead encoder's id, reused
     _encoders[key] = weakref.ref(encoder, lambda _, key=key: _forget(key))
