@@ -171,3 +171,24 @@ def test_compiled_encoder_inference_is_one_graph_equal_to_the_eager_fast_path():
     assert recorder.graphs  # (a second length may recompile: ESPnet's positional encoding)
     for graph in recorder.graphs:
         assert [n.target for n in graph.graph.nodes].count(OPERATOR) == 1
+
+
+def test_the_operator_keeps_its_weights_only_while_they_are_unchanged():
+    """Compiled inference keeps the layer's cast and reordered weights between calls: an
+    in-place change (a loaded checkpoint) or a new tensor makes them again."""
+    embed, xs = layer("conv2d"), torch.randn(2, 60, FREQ)
+    compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=Recorder())
+    weight = embed.conv[0].weight
+    with fast_mode("1"), torch.no_grad():
+        before = compiled(xs)
+        assert torch.equal(before, subsampling.subsample(embed, xs))
+        weight.mul_(2.0)  # in place: the same tensor, a new version
+        changed = compiled(xs)
+        assert torch.equal(changed, subsampling.subsample(embed, xs))
+        assert not torch.equal(changed, before)
+        linear = embed.out[0]
+        linear.weight.data = linear.weight.data * 0.5  # a new tensor
+        replaced = compiled(xs)
+        assert torch.equal(replaced, subsampling.subsample(embed, xs))
+        assert not torch.equal(replaced, changed)
+        assert torch.equal(compiled(xs), replaced)  # and kept again

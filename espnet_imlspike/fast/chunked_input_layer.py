@@ -3,7 +3,8 @@ conv-subsampling convolutions and output Linear over time chunks as one autograd
 backward by hand (the module docstring of :mod:`.subsampling` says what is kept and why).
 """
 
-from typing import List, Optional
+import weakref
+from typing import Dict, List, Optional
 
 import torch
 
@@ -30,6 +31,36 @@ def _weights(params, autocast: Optional[torch.dtype]) -> List[torch.Tensor]:
     cast once per call as autocast would cast them at every chunk's convolution."""
     return [_computed(p, autocast).contiguous(memory_format=torch.channels_last)
             if p.dim() == 4 else _computed(p, autocast) for p in params]
+
+
+def prepared_weights(params, channels: int, autocast: Optional[torch.dtype]) -> List:
+    """:func:`_weights`, the output Linear's columns reordered (:func:`_frequency_major`)."""
+    *weights, linear_weight, linear_bias = _weights(params, autocast)
+    return [*weights, _frequency_major(linear_weight, channels), linear_bias]
+
+
+def kept_prepared_weights(params, channels: int, autocast: Optional[torch.dtype]) -> List:
+    """:func:`prepared_weights` kept from call to call, for inference (no autograd graph
+    to build): made again when any parameter is another tensor, lies elsewhere or was
+    changed in place (its version counter), or the autocast dtype changed. Their casts
+    and copies were a fifth of the compiled layer's host time (bench/README.md)."""
+    if any(p.is_inference() for p in params):  # no version counter: never kept
+        return prepared_weights(params, channels, autocast)
+    state = (autocast, channels, tuple((p.data_ptr(), p._version) for p in params))
+    key = id(params[0])
+    kept = _kept.get(key)
+    if (kept is not None and kept[1] == state and len(kept[0]) == len(params)
+            and all(ref() is p for ref, p in zip(kept[0], params))):
+        return kept[2]
+    prepared = prepared_weights(params, channels, autocast)
+    if kept is None or kept[0][0]() is not params[0]:  # forgotten with its parameter
+        weakref.finalize(params[0], _kept.pop, key, None)
+    _kept[key] = ([weakref.ref(p) for p in params], state, prepared)
+    return prepared
+
+
+# id of a layer's first parameter -> (its parameters, weakly; their state; the weights)
+_kept: Dict[int, tuple] = {}
 
 
 def _maps(strides, weights, rows: torch.Tensor, autocast: Optional[torch.dtype]
@@ -83,15 +114,17 @@ def _as_map(rows: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def chunked_forward(xs: torch.Tensor, geometry, params, autocast: Optional[torch.dtype],
-                    budget: Optional[int] = None):
+                    budget: Optional[int] = None, prepared: Optional[List] = None):
     """The layer's output (B, T', odim) from features ``xs`` (B, T, F) computed chunk by
     chunk (maps of at most ``budget`` values: :meth:`.subsampling._Geometry.chunks`) with
     ``autocast``'s dtype (None: the parameters' own); also the Linear's rows
     (B, T', F' * C) where backward keeps them (else None), the chunks and their input
-    rows (:class:`ChunkedInputLayer` runs backward over the same ones)."""
+    rows (:class:`ChunkedInputLayer` runs backward over the same ones). ``prepared``:
+    :func:`prepared_weights` of ``params``, if the caller has them."""
     batch, frames, freq = xs.shape
-    *weights, linear_weight, linear_bias = _weights(params, autocast)
-    linear_weight = _frequency_major(linear_weight, geometry.channels[-1])
+    if prepared is None:
+        prepared = prepared_weights(params, geometry.channels[-1], autocast)
+    *weights, linear_weight, linear_bias = prepared
     chunks = geometry.chunks(batch, frames, freq, budget)
     step = chunks[0][1] - chunks[0][0]
     in_rows, total = geometry.rows(step)[0], geometry.out_size(frames, 0)

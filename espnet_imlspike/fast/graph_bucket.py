@@ -56,21 +56,27 @@ class Entry:
         self.params: List[torch.nn.Parameter] = []
         self.has_grad: List[bool] = []
 
+    def replay(self, xs: torch.Tensor, ilens: torch.Tensor) -> torch.Tensor:
+        """The forward graph run on ``xs`` zero-padded into the bucket: a copy of the
+        output's valid part (graphs without backward run this alone, no autograd node)."""
+        batch, frames = xs.shape[:2]
+        self.xs.zero_()
+        self.xs[:batch, :frames].copy_(xs)
+        self.ilens.zero_()
+        self.ilens[:batch].copy_(ilens)
+        self.forward_graph.replay()
+        return self.out[:batch, :frames].clone()
+
 
 class Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, graphs, entry, xs, ilens, *params):
-        batch, frames = xs.shape[:2]
-        entry.xs.zero_()
-        entry.xs[:batch, :frames].copy_(xs)
-        entry.ilens.zero_()
-        entry.ilens[:batch].copy_(ilens)
-        entry.forward_graph.replay()
-        ctx.graphs, ctx.entry, ctx.batch, ctx.frames = graphs, entry, batch, frames
+        out = entry.replay(xs, ilens)
+        ctx.graphs, ctx.entry, ctx.batch, ctx.frames = graphs, entry, xs.size(0), xs.size(1)
         if entry.backward_graph is not None:
             ctx.token = _Token()
             graphs.pending = weakref.ref(ctx.token)
-        return entry.out[:batch, :frames].clone()
+        return out
 
     @staticmethod
     def backward(ctx, grad):

@@ -159,8 +159,9 @@ class EncoderGraphs:
                          " s; reserved %.2f -> %.2f GiB", len(self.entries), batch, frames,
                          backward, time.perf_counter() - start, reserved / 2**30,
                          torch.cuda.memory_reserved() / 2**30)
-        params = entry.params if backward else []
-        return Replay.apply(self, entry, xs, ilens, *params)
+        if not backward:  # nothing requires a gradient: no autograd node
+            return entry.replay(xs, ilens)
+        return Replay.apply(self, entry, xs, ilens, *entry.params)
 
     def _warn_eager(self, why: str):
         if not self.warned:  # once: the same batches come back every epoch

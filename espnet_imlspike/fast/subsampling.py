@@ -37,6 +37,7 @@ module's convolutions; a compiled graph that needs gradients traces the module.
 """
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import List, Optional, Tuple
@@ -57,6 +58,7 @@ from espnet_imlspike.fast.chunked_input_layer import (
     ChunkedInputLayer,
     autocast_dtype,
     chunked_forward,
+    kept_prepared_weights,
 )
 
 # values of the largest feature map one chunk computes (64 MiB in bf16) ...
@@ -121,8 +123,14 @@ class _Geometry:
     def chunks(self, batch: int, frames: int, freq: int, budget: Optional[int] = None
                ) -> List[Tuple[int, int, int, int]]:
         """(first, end) output rows and (first, end) input rows of each chunk, whose maps
-        have at most ``budget`` values (default :data:`ELEMENTS_PER_CHUNK`)."""
+        have at most ``budget`` values (default :data:`ELEMENTS_PER_CHUNK`); planned once
+        per shape (a search over row counts: host time at every call otherwise)."""
         budget = ELEMENTS_PER_CHUNK if budget is None else budget
+        return list(self._plan(batch, frames, freq, budget, MIN_ROWS_PER_CHUNK))
+
+    @functools.lru_cache(maxsize=1024)
+    def _plan(self, batch: int, frames: int, freq: int, budget: int, min_rows: int
+              ) -> Tuple[Tuple[int, int, int, int], ...]:
         total = self.out_size(frames, 0)
         low, high = 1, total  # the most output rows whose maps fit (at least one row)
         while low < high:
@@ -131,7 +139,7 @@ class _Geometry:
                 low = middle
             else:
                 high = middle - 1
-        step = max(low, min(MIN_ROWS_PER_CHUNK, total))
+        step = max(low, min(min_rows, total))
         stride = 1
         for s in self.strides:
             stride *= s[0]
@@ -139,7 +147,7 @@ class _Geometry:
         for first in range(0, total, step):
             end = min(first + step, total)
             out.append((first, end, first * stride, first * stride + self.rows(end - first)[0]))
-        return out
+        return tuple(out)
 
     def recomputes_last(self) -> bool:
         """Whether backward recomputes the last map instead of keeping it
@@ -247,9 +255,11 @@ def conv_subsampling(xs: torch.Tensor, params: List[torch.Tensor], kernels: List
     the compiler then runs ESPnet's subsampling as this package computes it (its Triton
     first convolution, channels-last chunks) instead of tracing the module's convolutions.
     ``dtype``: the autocast dtype where the call was traced (None: off); no gradient."""
+    geometry = _Geometry.from_flat(kernels, strides, channels)
     with torch.autocast(xs.device.type, enabled=False):  # the dtype is explicit
-        return chunked_forward(xs, _Geometry.from_flat(kernels, strides, channels), params,
-                               dtype, INFERENCE_ELEMENTS_PER_CHUNK)[0]
+        prepared = kept_prepared_weights(params, channels[-1], dtype)
+        return chunked_forward(xs, geometry, params, dtype, INFERENCE_ELEMENTS_PER_CHUNK,
+                               prepared)[0]
 
 
 @conv_subsampling.register_fake
