@@ -15,7 +15,7 @@
 #        checks_shared profile_ops_now librispeech_profile librispeech_ab
 #        checks_librispeech compiled_infer compiled_infer_librispeech compiled_ab align_ab
 #        checks_compiled graphs_probe compiled_graphs_ab
-#        compiled_host_probe compiled_varied
+#        compiled_host_probe compiled_varied compiled_round2
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -212,6 +212,16 @@ for t in "$@"; do
         for model in transformer iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
             task compiled_varied_$model 200 python3 bench/compiled_varied_lengths.py \
                 --out $RES/compiled_varied_$model $model
+        done ;;
+    compiled_round2)  # after the host-time cuts: new lengths (Transformer, operator) and
+        # fixed shapes (operator, traced blocks), each beside the Transformer
+        for model in transformer iml_imls_t6; do
+            task compiled_varied_$model 200 python3 bench/compiled_varied_lengths.py \
+                --out $RES/compiled_varied_$model $model
+        done
+        for variant in iml_imls_t6 iml_imls_t6@nocompiledgraphs; do
+            task cgraphs_ab_$variant 150 python3 bench/compiled_inference_ab.py \
+                --out $RES/cgraphs_ab_$variant transformer $variant
         done ;;
     compiled_host_probe)  # where a compiled call's host time goes (the operator on)
         task compiled_host_probe 300 env PYTHONPATH=/tmp/site:. python3 \
