@@ -1,5 +1,6 @@
 """Helpers shared by the tests: repository paths, the recipe scripts on sys.path, a
-runner for ESPnet entry points in fresh interpreters, and a tracker of live tensor bytes."""
+runner for ESPnet entry points in fresh interpreters, a tracker of live tensor bytes, and a
+compiler backend that records the traced graphs."""
 
 import os
 import subprocess
@@ -80,3 +81,18 @@ class LiveBytes(TorchDispatchMode):
     def _freed(self, key, size):
         self.live -= size
         self.counted.discard(key)
+
+
+class CompilerRecorder:
+    """A ``torch.compile`` backend that keeps each traced graph and runs it as traced."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs.append(graph_module)
+        return graph_module.forward
+
+    def targets(self):
+        return [node.target for graph in self.graphs for node in graph.graph.nodes
+                if node.op == "call_function"]

@@ -11,27 +11,13 @@ import gc
 
 import pytest
 import torch
+from helpers import CompilerRecorder
 
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder
 from espnet_imlspike.errors import OptionError
 from espnet_imlspike.fast import compiled_blocks
 
 OPERATOR = torch.ops.imlspike.encoder_blocks.default
-
-
-class Recorder:
-    """A compiler backend that keeps each traced graph and runs it as traced."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs.append(graph_module)
-        return graph_module.forward
-
-    def targets(self):
-        return [node.target for graph in self.graphs for node in graph.graph.nodes
-                if node.op == "call_function"]
 
 
 def encoder(seed=0, **options):
@@ -63,7 +49,7 @@ def operator_on(monkeypatch):
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
 def test_compiled_inference_calls_the_blocks_as_one_operator(autocast):
     enc, (xs, lengths) = encoder(), batch()
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     compiled = torch.compile(enc, backend=recorder, fullgraph=True)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         out, olens, _ = compiled(xs, lengths)
@@ -79,7 +65,7 @@ def test_compiled_inference_calls_the_blocks_as_one_operator(autocast):
 def test_inference_mode_is_served_too():
     """``torch.inference_mode()`` (no gradient): the operator's thread reads its tensors."""
     enc, (xs, lengths) = encoder(), batch()
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     with torch.inference_mode():
         out = torch.compile(enc, backend=recorder, fullgraph=True)(xs, lengths)[0]
         eager = enc(xs, lengths)[0]
@@ -109,7 +95,7 @@ def test_the_blocks_are_traced_where_the_operator_does_not_apply(case, monkeypat
         enc.train()
     if case == "switched_off":
         monkeypatch.setenv("IMLSPIKE_COMPILED_GRAPHS", "0")
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     with torch.set_grad_enabled(case == "gradients"):
         torch.compile(enc, backend=recorder, fullgraph=True)(xs, lengths)
     targets = recorder.targets()

@@ -7,6 +7,7 @@ the traced graphs and run them as traced (no code generation on the CPU)."""
 import pytest
 import torch
 from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding
+from helpers import CompilerRecorder
 
 from espnet_imlspike.encoders.asr import IMLSpikeformerEncoder
 from espnet_imlspike.encoders.common import CONV_SUBSAMPLING, conv_subsample
@@ -14,21 +15,6 @@ from espnet_imlspike.fast import fast_mode, subsampling
 
 FREQ, UNITS = 40, 16
 OPERATOR = torch.ops.imlspike.conv_subsampling.default
-
-
-class Recorder:
-    """A compiler backend that keeps each traced graph and runs it as traced."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs.append(graph_module)
-        return graph_module.forward
-
-    def targets(self):
-        return [node.target for graph in self.graphs for node in graph.graph.nodes
-                if node.op == "call_function"]
 
 
 def geometry(embed):
@@ -57,7 +43,7 @@ def test_compiled_inference_calls_the_chunked_layer_as_one_operator(name, autoca
     monkeypatch.setattr(subsampling, "INFERENCE_ELEMENTS_PER_CHUNK", 20_000)
     monkeypatch.setattr(subsampling, "MIN_ROWS_PER_CHUNK", 1)
     embed, xs = layer(name), torch.randn(3, 101, FREQ)
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=recorder,
                              fullgraph=True)
     with fast_mode("1"), torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
@@ -79,7 +65,7 @@ def test_compiled_inference_calls_the_chunked_layer_as_one_operator(name, autoca
 def test_one_dynamic_graph_serves_every_length():
     """The operator's shape function takes symbolic lengths: ``dynamic=True`` traces once."""
     embed = layer("conv2d6")
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=recorder,
                              dynamic=True, fullgraph=True)
     with fast_mode("1"), torch.no_grad():
@@ -92,7 +78,7 @@ def test_one_dynamic_graph_serves_every_length():
 def test_a_compiled_graph_that_needs_gradients_traces_espnets_module():
     embed, xs = layer("conv2d"), torch.randn(2, 61, FREQ)
     embed.train()
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=recorder)
     with fast_mode("1"):
         out = compiled(xs)
@@ -160,7 +146,7 @@ def test_compiled_encoder_inference_is_one_graph_equal_to_the_eager_fast_path():
     with fast_mode("1"), torch.no_grad():
         encoder(xs, lengths)  # calibrate the IMLS statistics
     encoder.eval()
-    recorder = Recorder()
+    recorder = CompilerRecorder()
     compiled = torch.compile(encoder, backend=recorder, fullgraph=True)  # no graph break
     with fast_mode("1"), torch.no_grad():
         for frames in (80, 64):
@@ -177,7 +163,7 @@ def test_the_operator_keeps_its_weights_only_while_they_are_unchanged():
     """Compiled inference keeps the layer's cast and reordered weights between calls: an
     in-place change (a loaded checkpoint) or a new tensor makes them again."""
     embed, xs = layer("conv2d"), torch.randn(2, 60, FREQ)
-    compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=Recorder())
+    compiled = torch.compile(lambda x: conv_subsample(embed, x), backend=CompilerRecorder())
     weight = embed.conv[0].weight
     with fast_mode("1"), torch.no_grad():
         before = compiled(xs)
