@@ -49,7 +49,7 @@ def kept_prepared_weights(params, channels: int, autocast: Optional[torch.dtype]
     state = (autocast, channels, tuple((p.data_ptr(), p._version) for p in params))
     key = id(params[0])
     kept = _kept.get(key)
-    if (kept is not None and kept[1] == state and len(kept[0]) == len(params)
+    if (kept is not None and kept[1] == state  # (one entry per parameter: same count)
             and all(ref() is p for ref, p in zip(kept[0], params))):
         return kept[2]
     prepared = prepared_weights(params, channels, autocast)
